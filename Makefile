@@ -1,0 +1,40 @@
+# videocfr — every target creates the virtual environment first if it is missing or stale.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATASET ?= demo
+CACHE ?= caches/$(DATASET)
+# The demo runs with random CLIP weights (nothing can be downloaded); real datasets use default.yaml.
+PRECOMPUTE_CONFIG ?= $(if $(filter demo,$(DATASET)),configs/precompute/demo.yaml,configs/precompute/default.yaml)
+TRAIN_CONFIG ?= configs/train/tiny.yaml
+PYTEST_ARGS ?=
+
+.PHONY: install test lint bench precompute train clean
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+test: install
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python benchmarks/bench_lookup.py
+	$(BIN)/python benchmarks/bench_precompute.py
+	$(BIN)/python benchmarks/bench_train_step.py
+
+precompute: install
+	$(BIN)/videocfr precompute --config $(PRECOMPUTE_CONFIG) --dataset $(DATASET) --out $(CACHE)
+
+train: install
+	$(BIN)/videocfr train --config $(TRAIN_CONFIG)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

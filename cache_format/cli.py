@@ -1,0 +1,171 @@
+"""The `videocfr` console script.
+
+`videocfr cache ...` is served here (core install only). `precompute`, `train` and `evaluate`
+are imported on demand from their packages, so a team that only reads caches needs none of their
+dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .merge import merge_caches
+from .reader import Cache
+from .schema import CacheError
+from .verify import verify_cache, verify_shard
+
+STAGES = {
+    "precompute": ("precompute.cli", "decode, detect scenes, embed and write a prior cache"),
+    "train": ("train.cli", "CF-GRPO training with priors looked up from a cache"),
+    "evaluate": ("evaluate.cli", "QA accuracy, V-NIAH and focus metrics"),
+}
+
+
+def _info(args) -> int:
+    cache = Cache(args.cache)
+    m = cache.manifest
+    info = {"path": str(cache.path), "schema_version": m["schema_version"],
+            "config_hash": m["config_hash"], "model": m["model"], "embed_dim": m["embed_dim"],
+            "counts": m["counts"], "shards": len(m["shards"]),
+            "bytes": sum(s["bytes"] for s in m["shards"]), "library_versions":
+            m["library_versions"], "failures": m["failures"], "config": m["config"]}
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    print(f"cache        {info['path']}")
+    print(f"schema       v{info['schema_version']}   config hash {info['config_hash']}")
+    print(f"model        {m['model']['name']} ({m['model']['pretrained']}), D = {m['embed_dim']}")
+    print(f"shards       {info['shards']} ({info['bytes'] / 2**20:.1f} MiB)")
+    print("counts       " + ", ".join(f"{k} {v}" for k, v in sorted(m["counts"].items())))
+    print("libraries    " + ", ".join(f"{k} {v}" for k, v in m["library_versions"].items()))
+    print("config       " + json.dumps(m["config"], sort_keys=True))
+    print(f"failures     {len(m['failures'])}")
+    for fail in m["failures"]:
+        print(f"  {fail['video_id']}: {fail['error']}")
+    return 0
+
+
+def _show(args) -> int:
+    cache = Cache(args.cache)
+    v = cache.video(args.video_id)
+    out = {"video_id": args.video_id, "path": v.path, "content_hash": v.content_hash,
+           "status": v.status, "error": v.error, "fps": v.fps, "duration": v.duration,
+           "num_frames": v.num_frames, "frame_indices": v.frame_indices.tolist(),
+           "timestamps": v.timestamps.tolist(), "scenes": v.scenes.tolist(),
+           "frame_scene": v.frame_scene.tolist(), "scene_rep": v.scene_rep.tolist(),
+           "questions": cache.question_ids(args.video_id)}
+    if args.question is not None:
+        q = cache.question(args.video_id, args.question)
+        out["question"] = {
+            "question_id": q.question_id, "question": q.question, "options": q.options,
+            "answer": q.answer, "problem_type": q.problem_type,
+            "saliences": {k: a.tolist() for k, a in q.saliences().items()},
+            "semantic_raw": q.semantic_raw.tolist(), "prior": q.prior.tolist()}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    np.set_printoptions(precision=3, suppress=True, linewidth=100)
+    for key, value in out.items():
+        if key != "question":
+            print(f"{key:14s} {value}")
+    if "question" in out:
+        for key, value in out["question"].items():
+            print(f"{key:14s} {value}")
+    return 0
+
+
+def _verify(args) -> int:
+    path = Path(args.cache)
+    problems = verify_shard(path) if path.is_file() else verify_cache(path)
+    for p in problems:
+        print(f"FAIL {p}", file=sys.stderr)
+    if problems:
+        print(f"{path}: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{path}: OK")
+    return 0
+
+
+def _merge(args) -> int:
+    manifest = merge_caches(args.caches, args.output, max_videos=args.max_videos)
+    print(f"merged {len(args.caches)} caches into {args.output}: " +
+          ", ".join(f"{k} {v}" for k, v in sorted(manifest["counts"].items())))
+    return 0
+
+
+def cache_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="videocfr cache", description="inspect, check and "
+                                     "combine prior caches")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="counts, config, model, failures")
+    p.add_argument("cache")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_info)
+    p = sub.add_parser("show", help="one video (and one question) as stored")
+    p.add_argument("cache")
+    p.add_argument("video_id")
+    p.add_argument("--question", default=None, help="question id: add saliences and prior")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_show)
+    p = sub.add_parser("verify", help="sha256, schema, shapes, sums, NaN/inf (cache or shard)")
+    p.add_argument("cache")
+    p.set_defaults(func=_verify)
+    p = sub.add_parser("merge", help="merge caches of one config hash")
+    p.add_argument("caches", nargs="+")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--max-videos", type=int, default=1000)
+    p.set_defaults(func=_merge)
+    return parser
+
+
+def cache_main(argv: list[str]) -> int:
+    args = cache_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CacheError, KeyError, ValueError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    usage = "usage: videocfr {cache,precompute,train,evaluate} ...\n\n" + "\n".join(
+        [f"  {'cache':11s} inspect, verify and merge prior caches"]
+        + [f"  {name:11s} {desc}" for name, (_, desc) in STAGES.items()])
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "cache":
+        return cache_main(rest)
+    if command not in STAGES:
+        print(f"error: unknown command {command!r}\n{usage}", file=sys.stderr)
+        return 2
+    module_name = STAGES[command][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name == module_name:
+            print(f"error: `videocfr {command}` is not part of this release yet",
+                  file=sys.stderr)
+            return 2
+        if (err.name or "").split(".")[0] in ("cache_format", *STAGES):
+            raise  # a bug in the project itself, not a missing extra
+        extra = "dev" if command == "evaluate" else command
+        print(f"error: `videocfr {command}` needs the {extra!r} extra ({err}); install it with "
+              f"pip install -e '.[{extra}]'", file=sys.stderr)
+        return 2
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

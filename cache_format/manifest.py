@@ -1,0 +1,150 @@
+"""Loading and checking manifest.json and the structure of shard files (untrusted input)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path, PurePosixPath
+
+import h5py
+import numpy as np
+
+from . import schema
+from .schema import CacheError, SchemaError
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_MANIFEST_FIELDS = {
+    "format": str, "schema_version": int, "config": dict, "config_hash": str, "embed_dim": int,
+    "model": dict, "library_versions": dict, "num_jobs": int, "shards": list, "counts": dict,
+    "failures": list,
+}
+_SHARD_FIELDS = {"path": str, "sha256": str, "bytes": int, "videos": int, "failed_videos": int,
+                 "questions": int}
+
+
+def safe_member_path(cache_dir: Path, rel: str) -> Path:
+    """Resolve a path named by a manifest, refusing anything outside the cache directory.
+
+    Raises:
+        SchemaError: absolute paths, `..`, backslashes, or links that lead outside.
+    """
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\x00" in rel:
+        raise SchemaError(f"manifest names an invalid shard path {rel!r}")
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or ".." in pure.parts or pure.parts[0] != schema.SHARD_DIR:
+        raise SchemaError(f"manifest shard path {rel!r} must be relative and inside "
+                          f"{schema.SHARD_DIR}/ of the cache")
+    root = cache_dir.resolve()
+    full = (root / pure).resolve()
+    if not full.is_relative_to(root):
+        raise SchemaError(f"manifest shard path {rel!r} leads outside the cache ({full})")
+    return full
+
+
+def load_manifest(cache_dir: str | Path) -> dict:
+    """Read and check manifest.json of a cache directory.
+
+    Raises:
+        CacheError: no manifest (the cache is incomplete or not a cache).
+        SchemaError: malformed JSON, missing or mistyped fields, a config hash that does not
+            match the config, or shard paths outside the cache.
+    """
+    cache_dir = Path(cache_dir)
+    path = cache_dir / schema.MANIFEST_NAME
+    if not cache_dir.is_dir():
+        raise CacheError(f"cache directory {cache_dir} does not exist")
+    if not path.is_file():
+        raise CacheError(f"{path} is missing: the cache is unfinished (finish the precompute "
+                         f"jobs, then `videocfr precompute ... --finalize`) or not a cache")
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f, parse_constant=_reject_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
+        raise SchemaError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(manifest, dict):
+        raise SchemaError(f"{path} must hold a JSON object")
+    for key, typ in _MANIFEST_FIELDS.items():
+        if key not in manifest:
+            raise SchemaError(f"{path}: field {key!r} is missing")
+        if not isinstance(manifest[key], typ) or isinstance(manifest[key], bool):
+            raise SchemaError(f"{path}: field {key!r} must be {typ.__name__}, got "
+                              f"{type(manifest[key]).__name__}")
+    if manifest["format"] != schema.FORMAT_NAME:
+        raise SchemaError(f"{path}: format {manifest['format']!r} is not {schema.FORMAT_NAME!r}")
+    schema.check_version(manifest["schema_version"], str(path))
+    if schema.config_hash(manifest["config"]) != manifest["config_hash"]:
+        raise SchemaError(f"{path}: config_hash {manifest['config_hash']} does not match the "
+                          f"config it records ({schema.config_hash(manifest['config'])})")
+    model = manifest["model"]
+    if not all(isinstance(model.get(k), str) for k in ("name", "pretrained")):
+        raise SchemaError(f"{path}: model must give strings 'name' and 'pretrained'")
+    if manifest["embed_dim"] <= 0:
+        raise SchemaError(f"{path}: embed_dim must be positive")
+    seen = set()
+    for i, shard in enumerate(manifest["shards"]):
+        where = f"{path}: shards[{i}]"
+        if not isinstance(shard, dict):
+            raise SchemaError(f"{where} must be an object")
+        for key, typ in _SHARD_FIELDS.items():
+            if not isinstance(shard.get(key), typ) or isinstance(shard.get(key), bool):
+                raise SchemaError(f"{where}: field {key!r} must be {typ.__name__}")
+        if not _HEX64.match(shard["sha256"]):
+            raise SchemaError(f"{where}: sha256 must be 64 lowercase hex digits")
+        if shard["path"] in seen:
+            raise SchemaError(f"{where}: shard {shard['path']} listed twice")
+        seen.add(shard["path"])
+        safe_member_path(cache_dir, shard["path"])
+    return manifest
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not allowed in a manifest")
+
+
+def _dtype_ok(ds: h5py.Dataset, want: str) -> bool:
+    if want == schema.STR:
+        info = h5py.check_string_dtype(ds.dtype)
+        return info is not None and info.length is None
+    return ds.dtype == np.dtype(want)
+
+
+def check_shard_structure(f: h5py.File, *, config_hash: str | None, embed_dim: int | None,
+                          where: str) -> dict[str, int]:
+    """Check attrs, datasets, dtypes, shapes and table lengths of an open shard (metadata only).
+
+    Returns:
+        Row counts {"videos", "frames", "scenes", "questions", "qframes", "aliases"}.
+
+    Raises:
+        SchemaError naming the shard and the first problem.
+    """
+    for key in schema.SHARD_ATTRS:
+        if key not in f.attrs:
+            raise SchemaError(f"{where}: attribute {key!r} is missing")
+    fmt = f.attrs["format"]
+    if (fmt.decode() if isinstance(fmt, bytes) else fmt) != schema.FORMAT_NAME:
+        raise SchemaError(f"{where}: format attribute is {fmt!r}, not {schema.FORMAT_NAME!r}")
+    schema.check_version(int(f.attrs["schema_version"]), where)
+    found_hash = f.attrs["config_hash"]
+    found_hash = found_hash.decode() if isinstance(found_hash, bytes) else str(found_hash)
+    schema.check_config_hash(found_hash, config_hash, where)
+    dim = int(f.attrs["embed_dim"])
+    if embed_dim is not None and dim != embed_dim:
+        raise SchemaError(f"{where}: embed_dim {dim} differs from the manifest's {embed_dim}")
+    rows: dict[str, int] = {}
+    for name, (want, tail) in schema.SHARD_DATASETS.items():
+        obj = f.get(name)
+        if not isinstance(obj, h5py.Dataset):
+            raise SchemaError(f"{where}: dataset {name!r} is missing")
+        if not _dtype_ok(obj, want):
+            raise SchemaError(f"{where}: dataset {name!r} has dtype {obj.dtype}, expected {want}")
+        shape = tuple(dim if t == "D" else t for t in tail)
+        if obj.ndim != 1 + len(shape) or tuple(obj.shape[1:]) != shape:
+            raise SchemaError(f"{where}: dataset {name!r} has shape {obj.shape}, expected "
+                              f"(N, {', '.join(map(str, shape))})".replace(", )", ")"))
+        table = name.split("/")[0]
+        n = obj.shape[0] - (1 if name.endswith("_offset") else 0)
+        if rows.setdefault(table, n) != n:
+            raise SchemaError(f"{where}: dataset {name!r} has {n} rows, its table {table!r} "
+                              f"has {rows[table]}")
+    return rows

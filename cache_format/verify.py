@@ -1,0 +1,166 @@
+"""`videocfr cache verify`: checksums, schema, shapes, dtypes, sums and finiteness."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import schema
+from .io import sha256_file
+from .manifest import check_shard_structure, load_manifest, safe_member_path
+
+ATOL = 1e-5
+
+
+@dataclass
+class Problem:
+    """One reason a cache or shard fails verification."""
+
+    where: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
+def _check_offsets(off: np.ndarray, total: int, name: str) -> None:
+    if off.shape[0] == 0 or off[0] != 0 or off[-1] != total or np.any(np.diff(off) < 0):
+        raise schema.SchemaError(f"{name} does not partition its {total} rows")
+
+
+def check_shard_values(f: h5py.File, rows: dict[str, int]) -> None:
+    """Check every value of a shard whose structure is known good. Raises SchemaError.
+
+    Reading the checksummed datasets also makes HDF5 verify their fletcher32 checksums.
+    """
+    status = f["videos/status"].asstr()[()]
+    if not set(status.tolist()) <= {"ok", "failed"}:
+        raise schema.SchemaError(f"videos/status holds values other than ok/failed: "
+                                 f"{sorted(set(status.tolist()))}")
+    fo = f["videos/frame_offset"][()]
+    so = f["videos/scene_offset"][()]
+    _check_offsets(fo, rows["frames"], "videos/frame_offset")
+    _check_offsets(so, rows["scenes"], "videos/scene_offset")
+    k = np.diff(fo)
+    failed = status != "ok"
+    if np.any(k[failed] != 0):
+        raise schema.SchemaError("a failed video holds frames")
+    if np.any(k[~failed] <= 0) or np.any(k[~failed] % 2):
+        raise schema.SchemaError("an ok video has K <= 0 or odd K sampled frames")
+    if np.any((np.diff(so)[~failed]) <= 0):
+        raise schema.SchemaError("an ok video has no scene")
+    errors = f["videos/error"].asstr()[()]
+    if any(not errors[i] for i in np.flatnonzero(failed)):
+        raise schema.SchemaError("a failed video has an empty error")
+    for name in ("frames/timestamp", "frames/embedding", "questions/text_embedding",
+                 "videos/fps", "videos/duration"):
+        if not np.isfinite(f[name][()]).all():
+            raise schema.SchemaError(f"{name} contains NaN or inf")
+    scene = f["frames/scene"][()]
+    per_video_scenes = np.repeat(np.diff(so), k)
+    if np.any(scene < 0) or np.any(scene >= per_video_scenes):
+        raise schema.SchemaError("frames/scene points outside its video's scenes")
+    vrow = f["questions/video_row"][()]
+    if np.any(vrow < 0) or np.any(vrow >= rows["videos"]):
+        raise schema.SchemaError("questions/video_row points outside the videos table")
+    if np.any(failed[vrow]):
+        raise schema.SchemaError("a question refers to a failed video")
+    vids = f["videos/video_id"].asstr()[()]
+    names = set(zip(range(len(vids)), vids.tolist()))
+    names |= set(zip(f["aliases/video_row"][()].tolist(),
+                     f["aliases/video_id"].asstr()[()].tolist()))
+    qvids = f["questions/video_id"].asstr()[()].tolist()
+    if not all((row, vid) in names for row, vid in zip(vrow.tolist(), qvids)):
+        raise schema.SchemaError("questions/video_id disagrees with questions/video_row")
+    qo = f["questions/frame_offset"][()]
+    _check_offsets(qo, rows["qframes"], "questions/frame_offset")
+    if np.any(np.diff(qo) != k[vrow]):
+        raise schema.SchemaError("a question's saliences do not have its video's K values")
+    for name in ("uniform", "scene", "semantic", "semantic_raw", "prior"):
+        arr = f[f"qframes/{name}"][()]
+        if not np.isfinite(arr).all():
+            raise schema.SchemaError(f"qframes/{name} contains NaN or inf")
+        if name in ("uniform", "scene", "semantic") and (arr.size and (arr.min() < 0
+                                                                      or arr.max() > 1)):
+            raise schema.SchemaError(f"qframes/{name} leaves [0, 1]")
+    prior = f["qframes/prior"][()]
+    if prior.size and prior.min() < 0:
+        raise schema.SchemaError("qframes/prior has negative values")
+    if qo.shape[0] > 1:
+        sums = np.add.reduceat(prior.astype(np.float64), qo[:-1]) if prior.size else np.zeros(0)
+        bad = np.flatnonzero(np.abs(sums - 1) > ATOL)
+        if bad.size:
+            qid = f["questions/question_id"].asstr()[int(bad[0])]
+            raise schema.SchemaError(f"{bad.size} priors do not sum to 1 within {ATOL} (first: "
+                                     f"question {qid!r}, sum {sums[bad[0]]!r})")
+    arow = f["aliases/video_row"][()]
+    if np.any(arow < 0) or np.any(arow >= rows["videos"]):
+        raise schema.SchemaError("aliases/video_row points outside the videos table")
+
+
+def verify_shard(path: str | Path, config_hash: str | None = None,
+                 embed_dim: int | None = None) -> list[Problem]:
+    """Verify one shard file on its own (no manifest needed)."""
+    try:
+        with h5py.File(path, "r") as f:
+            rows = check_shard_structure(f, config_hash=config_hash, embed_dim=embed_dim,
+                                         where=str(path))
+            check_shard_values(f, rows)
+    except schema.CacheError as err:
+        msg = str(err)
+        prefix = f"{path}: "
+        return [Problem(str(path), msg[len(prefix):] if msg.startswith(prefix) else msg)]
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        return [Problem(str(path), f"unreadable ({type(err).__name__}: {err})")]
+    return []
+
+
+def verify_cache(cache_dir: str | Path) -> list[Problem]:
+    """Verify a whole cache: manifest, every shard's sha256, schema, values and counts.
+
+    Returns:
+        The problems found; empty when the cache is sound.
+    """
+    cache_dir = Path(cache_dir)
+    try:
+        manifest = load_manifest(cache_dir)
+    except schema.CacheError as err:
+        return [Problem(str(cache_dir / schema.MANIFEST_NAME), str(err))]
+    problems: list[Problem] = []
+    totals = {"videos": 0, "failed_videos": 0, "questions": 0}
+    for entry in manifest["shards"]:
+        path = safe_member_path(cache_dir, entry["path"])
+        if not path.is_file():
+            problems.append(Problem(entry["path"], "shard file is missing"))
+            continue
+        if path.stat().st_size != entry["bytes"]:
+            problems.append(Problem(entry["path"], f"size {path.stat().st_size} bytes, manifest "
+                                                   f"says {entry['bytes']}"))
+            continue
+        digest = sha256_file(path)
+        if digest != entry["sha256"]:
+            problems.append(Problem(entry["path"], f"sha256 {digest} does not match the "
+                                                   f"manifest's {entry['sha256']}"))
+            continue
+        found = verify_shard(path, manifest["config_hash"], manifest["embed_dim"])
+        problems += [Problem(entry["path"], p.reason) for p in found]
+        if found:
+            continue
+        with h5py.File(path, "r") as f:
+            n_v = f["videos/video_id"].shape[0]
+            n_f = int(np.sum(f["videos/status"].asstr()[()] != "ok"))
+            n_q = f["questions/question_id"].shape[0]
+        for key, n in (("videos", n_v), ("failed_videos", n_f), ("questions", n_q)):
+            totals[key] += n
+            if entry[key] != n:
+                problems.append(Problem(entry["path"], f"holds {n} {key}, manifest says "
+                                                       f"{entry[key]}"))
+    if not problems:
+        for key, n in totals.items():
+            if manifest["counts"].get(key) != n:
+                problems.append(Problem(schema.MANIFEST_NAME, f"counts.{key} is "
+                                        f"{manifest['counts'].get(key)}, the shards hold {n}"))
+    return problems
