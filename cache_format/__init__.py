@@ -8,9 +8,10 @@ The core install (numpy, h5py, tqdm) is enough to read and check a cache:
 """
 
 from .fusion import FusionConfig, frame_sets, fuse
-from .reader import Cache, PriorTable
+from .reader import Cache
 from .records import STATUS_FAILED, STATUS_OK, QuestionRecord, VideoRecord
 from .schema import SCHEMA_VERSION, CacheError, SchemaError, config_hash
+from .table import PriorTable
 from .verify import verify_cache, verify_shard
 from .writer import ShardWriter, finalize_cache, job_done
 

@@ -31,17 +31,29 @@ def _check_offsets(off: np.ndarray, total: int, name: str) -> None:
         raise schema.SchemaError(f"{name} does not partition its {total} rows")
 
 
+def _read(f: h5py.File, name: str, as_str: bool = False) -> np.ndarray:
+    """Read a whole dataset, turning an HDF5 filter failure into a named checksum error."""
+    try:
+        ds = f[name]
+        return ds.asstr()[()] if as_str else ds[()]
+    except OSError as err:
+        if "filter" in str(err):
+            raise schema.SchemaError(f"{name}: checksum (fletcher32) mismatch — the data is "
+                                     f"corrupted") from err
+        raise schema.SchemaError(f"{name}: unreadable ({err})") from err
+
+
 def check_shard_values(f: h5py.File, rows: dict[str, int]) -> None:
     """Check every value of a shard whose structure is known good. Raises SchemaError.
 
     Reading the checksummed datasets also makes HDF5 verify their fletcher32 checksums.
     """
-    status = f["videos/status"].asstr()[()]
+    status = _read(f, "videos/status", as_str=True)
     if not set(status.tolist()) <= {"ok", "failed"}:
         raise schema.SchemaError(f"videos/status holds values other than ok/failed: "
                                  f"{sorted(set(status.tolist()))}")
-    fo = f["videos/frame_offset"][()]
-    so = f["videos/scene_offset"][()]
+    fo = _read(f, "videos/frame_offset")
+    so = _read(f, "videos/scene_offset")
     _check_offsets(fo, rows["frames"], "videos/frame_offset")
     _check_offsets(so, rows["scenes"], "videos/scene_offset")
     k = np.diff(fo)
@@ -52,51 +64,51 @@ def check_shard_values(f: h5py.File, rows: dict[str, int]) -> None:
         raise schema.SchemaError("an ok video has K <= 0 or odd K sampled frames")
     if np.any((np.diff(so)[~failed]) <= 0):
         raise schema.SchemaError("an ok video has no scene")
-    errors = f["videos/error"].asstr()[()]
+    errors = _read(f, "videos/error", as_str=True)
     if any(not errors[i] for i in np.flatnonzero(failed)):
         raise schema.SchemaError("a failed video has an empty error")
     for name in ("frames/timestamp", "frames/embedding", "questions/text_embedding",
                  "videos/fps", "videos/duration"):
-        if not np.isfinite(f[name][()]).all():
+        if not np.isfinite(_read(f, name)).all():
             raise schema.SchemaError(f"{name} contains NaN or inf")
-    scene = f["frames/scene"][()]
+    scene = _read(f, "frames/scene")
     per_video_scenes = np.repeat(np.diff(so), k)
     if np.any(scene < 0) or np.any(scene >= per_video_scenes):
         raise schema.SchemaError("frames/scene points outside its video's scenes")
-    vrow = f["questions/video_row"][()]
+    vrow = _read(f, "questions/video_row")
     if np.any(vrow < 0) or np.any(vrow >= rows["videos"]):
         raise schema.SchemaError("questions/video_row points outside the videos table")
     if np.any(failed[vrow]):
         raise schema.SchemaError("a question refers to a failed video")
-    vids = f["videos/video_id"].asstr()[()]
+    vids = _read(f, "videos/video_id", as_str=True)
     names = set(zip(range(len(vids)), vids.tolist()))
-    names |= set(zip(f["aliases/video_row"][()].tolist(),
-                     f["aliases/video_id"].asstr()[()].tolist()))
-    qvids = f["questions/video_id"].asstr()[()].tolist()
+    names |= set(zip(_read(f, "aliases/video_row").tolist(),
+                     _read(f, "aliases/video_id", as_str=True).tolist()))
+    qvids = _read(f, "questions/video_id", as_str=True).tolist()
     if not all((row, vid) in names for row, vid in zip(vrow.tolist(), qvids)):
         raise schema.SchemaError("questions/video_id disagrees with questions/video_row")
-    qo = f["questions/frame_offset"][()]
+    qo = _read(f, "questions/frame_offset")
     _check_offsets(qo, rows["qframes"], "questions/frame_offset")
     if np.any(np.diff(qo) != k[vrow]):
         raise schema.SchemaError("a question's saliences do not have its video's K values")
     for name in ("uniform", "scene", "semantic", "semantic_raw", "prior"):
-        arr = f[f"qframes/{name}"][()]
+        arr = _read(f, f"qframes/{name}")
         if not np.isfinite(arr).all():
             raise schema.SchemaError(f"qframes/{name} contains NaN or inf")
         if name in ("uniform", "scene", "semantic") and (arr.size and (arr.min() < 0
                                                                       or arr.max() > 1)):
             raise schema.SchemaError(f"qframes/{name} leaves [0, 1]")
-    prior = f["qframes/prior"][()]
+    prior = _read(f, "qframes/prior")
     if prior.size and prior.min() < 0:
         raise schema.SchemaError("qframes/prior has negative values")
     if qo.shape[0] > 1:
         sums = np.add.reduceat(prior.astype(np.float64), qo[:-1]) if prior.size else np.zeros(0)
         bad = np.flatnonzero(np.abs(sums - 1) > ATOL)
         if bad.size:
-            qid = f["questions/question_id"].asstr()[int(bad[0])]
+            qid = _read(f, "questions/question_id", as_str=True)[int(bad[0])]
             raise schema.SchemaError(f"{bad.size} priors do not sum to 1 within {ATOL} (first: "
                                      f"question {qid!r}, sum {sums[bad[0]]!r})")
-    arow = f["aliases/video_row"][()]
+    arow = _read(f, "aliases/video_row")
     if np.any(arow < 0) or np.any(arow >= rows["videos"]):
         raise schema.SchemaError("aliases/video_row points outside the videos table")
 
@@ -151,7 +163,7 @@ def verify_cache(cache_dir: str | Path) -> list[Problem]:
             continue
         with h5py.File(path, "r") as f:
             n_v = f["videos/video_id"].shape[0]
-            n_f = int(np.sum(f["videos/status"].asstr()[()] != "ok"))
+            n_f = int(np.sum(_read(f, "videos/status", as_str=True) != "ok"))
             n_q = f["questions/question_id"].shape[0]
         for key, n in (("videos", n_v), ("failed_videos", n_f), ("questions", n_q)):
             totals[key] += n

@@ -77,7 +77,8 @@ def job_done(cache_dir: str | Path, config: dict, job_index: int, num_jobs: int)
     """
     cache_dir = Path(cache_dir)
     marker = cache_dir / schema.SHARD_DIR / marker_name(job_index, num_jobs)
-    if not (cache_dir / schema.SHARD_DIR).is_dir() and not (cache_dir / schema.MANIFEST_NAME).exists():
+    if not (cache_dir / schema.SHARD_DIR).is_dir() and not (
+            cache_dir / schema.MANIFEST_NAME).exists():
         return False
     _check_same_cache(cache_dir, schema.config_hash(config), num_jobs)
     return marker.exists()
