@@ -1,0 +1,217 @@
+"""A tiny random Qwen2.5-VL model and a real, offline Qwen2.5-VL processor.
+
+For tests and `make train` on the tiny config only: nothing here downloads anything. Real
+checkpoints are loaded by path elsewhere (`from_pretrained(<path>)`).
+
+The tokenizer is a byte-level BPE with the 256 byte tokens and no merges (every byte is a token),
+plus Qwen's special tokens with their usual spellings; the model config's token ids are taken from
+that tokenizer, so `processor(...)` output feeds `model(...)` / `model.generate(...)` directly.
+
+Example:
+    >>> model, processor = tiny_model_and_processor(seed=0)
+    >>> frames = np.zeros((4, 56, 56, 3), dtype=np.uint8)          # uint8 [K, H, W, 3]
+    >>> msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Q?"}]}]
+    >>> text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    >>> batch = processor(text=[text], videos=[frames], return_tensors="pt")
+    >>> out = model.generate(**batch, max_new_tokens=8)
+"""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2VLImageProcessor,
+    Qwen2VLVideoProcessor,
+)
+
+# Qwen2/2.5-VL special tokens, in the order Qwen's tokenizer lists them.
+SPECIAL_TOKENS: tuple[str, ...] = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+# Placeholders a completion must never contain (`suppress_tokens` of the tiny model's generation).
+VISION_TOKENS: tuple[str, ...] = (
+    "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"
+)
+
+# Qwen2-VL's chat template (as shipped with Qwen2.5-VL-*-Instruct), minus tool calling.
+CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Pixel budget per frame: 28*28 .. 28*28*6, i.e. 1..6 merged tokens per temporal group.
+TINY_MIN_PIXELS = 28 * 28
+TINY_MAX_PIXELS = 28 * 28 * 6
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer with Qwen's special tokens, built in memory.
+
+    Returns:
+        PreTrainedTokenizerFast: ids 0..255 are the byte tokens, then `SPECIAL_TOKENS` in order.
+        Padding is on the left (generation), pad = eos = `<|endoftext|>` as in Qwen.
+    """
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    alphabet.sort()  # stable ids across runs (alphabet() returns an unordered list)
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    bpe.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=list(SPECIAL_TOKENS),
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    unknown = (None, tok.unk_token_id)
+    missing = [t for t in SPECIAL_TOKENS if tok.convert_tokens_to_ids(t) in unknown]
+    assert not missing, f"special tokens not registered: {missing}"
+    return tok
+
+
+def tiny_processor() -> Qwen2_5_VLProcessor:
+    """A real `Qwen2_5_VLProcessor` built offline (tiny tokenizer, small pixel budgets).
+
+    Returns:
+        Qwen2_5_VLProcessor: patch 14, temporal patch 2, merge 2; each frame is resized to between
+        `TINY_MIN_PIXELS` and `TINY_MAX_PIXELS` pixels, so a temporal group of a video has 1..6
+        visual tokens. Videos are passed as uint8 [K, H, W, 3] arrays with K even.
+    """
+    size = {"shortest_edge": TINY_MIN_PIXELS, "longest_edge": TINY_MAX_PIXELS}
+    common = dict(patch_size=14, temporal_patch_size=2, merge_size=2, size=size)
+    image_processor = Qwen2VLImageProcessor(**common)
+    video_processor = Qwen2VLVideoProcessor(**common, cap_pixels_per_frame=True)
+    return Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tiny_tokenizer(),
+        video_processor=video_processor,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def tiny_config(tokenizer: PreTrainedTokenizerFast | None = None) -> Qwen2_5_VLConfig:
+    """Tiny Qwen2.5-VL config: text hidden 64 (2 layers, 4 heads), vision hidden 32 (2 layers).
+
+    Args:
+        tokenizer: token ids are read from it (default: `tiny_tokenizer()`).
+
+    Returns:
+        Qwen2_5_VLConfig whose special token ids match the tokenizer.
+    """
+    tok = tokenizer if tokenizer is not None else tiny_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    vocab_size = ((len(tok) + 7) // 8) * 8
+    text_config = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        # mrope splits head_dim/2 = 8 rotary frequencies into (temporal, height, width).
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    vision_config = dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=56,
+        out_hidden_size=64,
+        fullatt_block_indexes=[1],
+        tokens_per_second=2,
+    )
+    return Qwen2_5_VLConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+
+
+def tiny_qwen2_5_vl(seed: int = 0, tokenizer: PreTrainedTokenizerFast | None = None):
+    """A tiny random `Qwen2_5_VLForConditionalGeneration` (float32, eval mode, ~0.2M params).
+
+    Args:
+        seed: torch seed for the random init (same seed, same weights).
+        tokenizer: token ids are read from it (default: `tiny_tokenizer()`).
+
+    Returns:
+        Qwen2_5_VLForConditionalGeneration on CPU with `generation_config` eos/pad set and the
+        vision placeholder tokens suppressed in generation.
+    """
+    config = tiny_config(tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    model.generation_config.bos_token_id = config.text_config.bos_token_id
+    # A random model samples any id; a vision placeholder in a completion would break the next
+    # forward (placeholder count != video features), so never generate the vision tokens.
+    tok = tokenizer if tokenizer is not None else tiny_tokenizer()
+    model.generation_config.suppress_tokens = [
+        tok.convert_tokens_to_ids(t) for t in VISION_TOKENS
+    ]
+    return model.eval()
+
+
+def tiny_model_and_processor(seed: int = 0):
+    """The tiny model and its matching processor (shared tokenizer ids).
+
+    Args:
+        seed: torch seed for the model's random init.
+
+    Returns:
+        (Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor)
+    """
+    processor = tiny_processor()
+    return tiny_qwen2_5_vl(seed, processor.tokenizer), processor
