@@ -49,11 +49,19 @@ def write_json_atomic(path: str | Path, obj: dict) -> None:
     commit_file(tmp, final)
 
 
-def remove_stale_tmp(directory: Path) -> int:
-    """Delete temp files left by killed writers; returns how many were removed."""
+def remove_stale_tmp(directory: Path, prefixes: tuple[str, ...] = ("",)) -> int:
+    """Delete temp files that killed writers left for final names starting with `prefixes`.
+
+    Only name the files the caller owns: other jobs may be writing beside it.
+
+    Returns:
+        How many files were removed.
+    """
     removed = 0
     if directory.is_dir():
         for p in directory.glob(".tmp-*"):
+            if not p.name[len(".tmp-"):].startswith(prefixes):
+                continue
             p.unlink(missing_ok=True)
             removed += 1
     return removed

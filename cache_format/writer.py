@@ -152,8 +152,9 @@ class ShardWriter:
         if marker.exists():
             raise schema.CacheError(f"job {self.job_index} of {self.num_jobs} is already finished "
                                     f"({marker}); delete the marker to redo it")
-        remove_stale_tmp(self.shard_dir)
         prefix = f"{self.job_index:05d}-of-{self.num_jobs:05d}-"
+        # only this job's leftovers: other jobs may be writing into the same directory
+        remove_stale_tmp(self.shard_dir, (prefix, marker.name))
         for stale in self.shard_dir.glob(prefix + "*.h5"):  # parts of an unfinished earlier run
             stale.unlink()
         self._open = True

@@ -226,3 +226,16 @@ def test_shard_file_has_documented_layout(tmp_path):
         assert f["qframes/prior"].fletcher32 and f["qframes/prior"].dtype == np.float32
         assert list(f["videos/frame_offset"][()]) == [0, 4, 8, 8]  # the failed video: no frames
         assert list(f["videos/status"].asstr()[()]) == ["ok", "ok", "failed"]
+
+
+def test_a_job_clears_only_its_own_leftovers(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    mine = shards / ".tmp-00000-of-00002-0000.h5.999999"
+    other = shards / ".tmp-00001-of-00002-0000.h5.999998"  # job 1 may be writing right now
+    mine.write_bytes(b"x")
+    other.write_bytes(b"x")
+    with ShardWriter(tmp_path, {"x": 1}, embed_dim=8, model=TEST_MODEL, job_index=0,
+                     num_jobs=2) as w:
+        w.add(make_video("v", k=4, dim=8), [])
+    assert not mine.exists() and other.exists()

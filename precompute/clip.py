@@ -1,0 +1,276 @@
+"""CLIP embeddings of frames and texts with open_clip (METHOD §2: global and patch views).
+
+`ClipEmbedder` loads any open_clip model by name with a pretrained tag, a local checkpoint file,
+or random weights (`pretrained="none"`, only when asked: a cache built so says "random" in its
+manifest). Frames are preprocessed the way the model's own transform does it (shortest side
+resized bicubic, centre crop, mean/std normalisation), but on tensors and batched.
+
+Patch tokens are the ViT's output tokens taken through the same `ln_post` and `proj` as the
+pooled token, so they live in the joint image-text space and can be compared with text
+embeddings by cosine (open_clip's `output_tokens` returns them before `proj`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+TINY_MODEL = "videocfr-tiny"
+# A tiny open_clip architecture for tests and CI: built with random weights in milliseconds.
+TINY_MODEL_CONFIG: dict[str, Any] = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
+                   "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
+                 "layers": 1},
+}
+RANDOM = "none"  # the `pretrained` value that asks for random weights
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def register_tiny_model() -> str:
+    """Register the tiny "videocfr-tiny" open_clip config (idempotent) and return its name."""
+    from open_clip import factory
+
+    # open_clip's registry is a dict rebuilt from config files by `add_model_config`; a rescan
+    # drops entries added in memory, so every resolve re-registers through this function.
+    factory._MODEL_CONFIGS[TINY_MODEL] = copy.deepcopy(TINY_MODEL_CONFIG)
+    return TINY_MODEL
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 (hex) of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_model(model_name: str, pretrained: str) -> tuple[str, str | None, dict[str, str]]:
+    """Check a model name and pretrained source; the one place names are resolved.
+
+    Args:
+        model_name: an open_clip architecture ("ViT-B-32"), "videocfr-tiny", or an
+            "hf-hub:org/repo" / "local-dir:/path" model (weights come with it).
+        pretrained: an open_clip tag ("openai", "laion2b_s34b_b79k", ...), a local checkpoint
+            file, or "none" for random weights.
+
+    Returns:
+        (model_name, pretrained argument for open_clip.create_model or None, model info
+        {"name", "pretrained": tag | "random" | "file:<sha256>"}).
+
+    Raises:
+        ValueError: unknown model or tag, listing what is available.
+    """
+    import open_clip
+
+    if model_name == TINY_MODEL:
+        register_tiny_model()
+    if model_name.startswith(("hf-hub:", "local-dir:")):
+        return model_name, None, {"name": model_name, "pretrained": model_name}
+    if model_name not in open_clip.list_models():
+        raise ValueError(f"Model config for {model_name!r} not found. Available: "
+                         f"{open_clip.list_models()} (or 'hf-hub:org/repo', 'local-dir:PATH')")
+    if pretrained in (RANDOM, "", "random"):
+        return model_name, None, {"name": model_name, "pretrained": "random"}
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if pretrained in tags:
+        return model_name, pretrained, {"name": model_name, "pretrained": pretrained}
+    if os.path.isfile(pretrained):
+        return model_name, pretrained, {"name": model_name,
+                                        "pretrained": f"file:{file_sha256(pretrained)}"}
+    raise ValueError(f"pretrained={pretrained!r} for {model_name!r} is neither a known tag nor a "
+                     f"checkpoint file. Available tags: {tags}; or give a file path, or 'none' "
+                     f"for random weights")
+
+
+class ClipEmbedder:
+    """Frame and text embeddings from one open_clip model.
+
+    Args:
+        model_name: open_clip architecture name (see `resolve_model`).
+        pretrained: tag, local checkpoint path, or "none" (random weights, logged as a WARNING;
+            seeded with `seed` so two runs build the same model).
+        device: torch device string ("cpu", "cuda", "cuda:1").
+        batch_size: frames (or texts) per forward pass.
+        precision: "fp32", "fp16" or "bf16" (the half types only on CUDA).
+        seed: torch seed of the random initialisation when pretrained is "none".
+    """
+
+    def __init__(self, model_name: str, pretrained: str, device: str = "cpu",
+                 batch_size: int = 32, precision: str = "fp32", seed: int = 0):
+        import open_clip
+        import torch
+
+        if batch_size < 1:
+            raise ValueError(f"clip.batch_size must be >= 1, got {batch_size}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"clip.precision {precision!r} unknown; use one of {PRECISIONS}")
+        if precision != "fp32" and not str(device).startswith("cuda"):
+            raise ValueError(f"clip.precision {precision!r} needs a CUDA device; use fp32 on "
+                             f"{device}")
+        name, source, self.model_info = resolve_model(model_name, pretrained)
+        if self.model_info["pretrained"] == "random":
+            logger.warning("CLIP %s built with RANDOM weights (pretrained=%r): embeddings and "
+                           "priors carry no semantics; the cache says so in its manifest",
+                           name, pretrained)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = open_clip.create_model(name, pretrained=None)
+        else:
+            model = open_clip.create_model(name, pretrained=source)
+        self.device = torch.device(device)
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16,
+                      "bf16": torch.bfloat16}[precision]
+        self.model = model.to(self.device, dtype=self.dtype).eval()
+        self.batch_size = batch_size
+        self.tokenizer = open_clip.get_tokenizer(name)
+        visual = self.model.visual
+        if not isinstance(visual, open_clip.transformer.VisionTransformer):
+            raise ValueError(f"{name}: patch tokens need an open_clip VisionTransformer image "
+                             f"tower, got {type(visual).__name__}; pick a ViT model (ViT-B-32...)")
+        if visual.attn_pool is not None:
+            raise ValueError(f"{name}: attentional pooling has no per-patch tokens; pick a ViT "
+                             f"model without attn pooling")
+        cfg = open_clip.get_model_preprocess_cfg(self.model)
+        size = cfg.get("size", visual.image_size)
+        self.image_size = (size, size) if isinstance(size, int) else tuple(size)
+        self.resize_mode = cfg.get("resize_mode", "shortest")
+        self.interpolation = cfg.get("interpolation", "bicubic")
+        self._mean = torch.tensor(cfg["mean"], device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(cfg["std"], device=self.device).view(1, 3, 1, 1)
+
+    @property
+    def embed_dim(self) -> int:
+        """D, the joint embedding dimension."""
+        return int(self.model.visual.output_dim)
+
+    # -- images ------------------------------------------------------------------------------
+
+    def preprocess(self, frames: np.ndarray):
+        """The model's own image transform, on a batch of frames.
+
+        Args:
+            frames: uint8 [B, H, W, 3] RGB.
+
+        Returns:
+            torch float [B, 3, S, S] on the device, normalised like the model's transform.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)
+        th, tw = self.image_size
+        h, w = x.shape[-2:]
+        mode = "bicubic" if self.interpolation == "bicubic" else "bilinear"
+        if self.resize_mode == "squash":
+            x = F.interpolate(x, size=(th, tw), mode=mode, antialias=True, align_corners=False)
+        else:
+            # "shortest" (open_clip's default): shortest side to the target, then centre crop;
+            # "longest" pads instead, which frames rarely want, so it is treated as shortest.
+            scale = max(th / h, tw / w)
+            nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+            if (nh, nw) != (h, w):
+                x = F.interpolate(x, size=(nh, nw), mode=mode, antialias=True,
+                                  align_corners=False)
+            top, left = (nh - th) // 2, (nw - tw) // 2
+            x = x[:, :, top:top + th, left:left + tw]
+        x = x.clamp_(0.0, 1.0)
+        return ((x - self._mean) / self._std).to(self.dtype)
+
+    def _project(self, tokens):
+        """ln_post (where the pool path applies it) and proj on the transformer's output tokens.
+
+        Args:
+            tokens: float [B, N, W] transformer output tokens.
+
+        Returns:
+            float [B, N, D] in the joint space (not normalised).
+        """
+        visual = self.model.visual
+        tokens = visual.ln_post(tokens)  # per-token LayerNorm: same before or after pooling
+        if visual.proj is not None:
+            tokens = tokens @ visual.proj
+        return tokens
+
+    def _encode_images(self, pixels):
+        """(pooled [B, D], patch tokens [B, T, D]) from preprocessed pixels, unnormalised.
+
+        The pooled embedding is the model's own (its `_pool` then `proj`, as `encode_image`);
+        the patch tokens go through `_project`, the same ln_post + proj.
+        """
+        visual = self.model.visual
+        x = visual._embeds(pixels)
+        x = visual.transformer(x)  # (B, 1 + T, W)
+        pooled, _ = visual._pool(x)
+        if visual.proj is not None:
+            pooled = pooled @ visual.proj  # (B, D)
+        patches = self._project(x[:, 1:])  # (B, T, D)
+        return pooled, patches
+
+    def embed_images(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Global and projected patch-token embeddings of frames.
+
+        Args:
+            frames: uint8 [K, H, W, 3] RGB.
+
+        Returns:
+            (global float32 [K, D], patch_tokens float32 [K, T, D]), both L2-normalised along D
+            (T = number of ViT patches).
+        """
+        import torch
+        import torch.nn.functional as F
+
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 [K, H, W, 3], got {frames.dtype} "
+                             f"{frames.shape}")
+        glob, patch = [], []
+        with torch.inference_mode():
+            for start in range(0, frames.shape[0], self.batch_size):
+                pixels = self.preprocess(frames[start:start + self.batch_size])
+                pooled, tokens = self._encode_images(pixels)
+                glob.append(F.normalize(pooled.float(), dim=-1).cpu().numpy())
+                patch.append(F.normalize(tokens.float(), dim=-1).cpu().numpy())
+        if not glob:
+            d, t = self.embed_dim, self.num_patches
+            return np.zeros((0, d), np.float32), np.zeros((0, t, d), np.float32)
+        return np.concatenate(glob), np.concatenate(patch)
+
+    @property
+    def num_patches(self) -> int:
+        """T, patch tokens per frame."""
+        gh, gw = self.model.visual.grid_size
+        return int(gh * gw)
+
+    # -- texts -------------------------------------------------------------------------------
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Text embeddings.
+
+        Args:
+            texts: N strings (truncated to the model's context length by its tokenizer).
+
+        Returns:
+            float32 [N, D], L2-normalised.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                tokens = self.tokenizer(list(texts[start:start + self.batch_size]))
+                feats = self.model.encode_text(tokens.to(self.device))
+                out.append(F.normalize(feats.float(), dim=-1).cpu().numpy())
+        if not out:
+            return np.zeros((0, self.embed_dim), np.float32)
+        return np.concatenate(out)

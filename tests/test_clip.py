@@ -1,0 +1,156 @@
+"""ClipEmbedder with the tiny random open_clip model (no weights downloaded)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from precompute.clip import TINY_MODEL, ClipEmbedder, register_tiny_model, resolve_model
+
+
+@pytest.fixture(scope="module")
+def tiny() -> ClipEmbedder:
+    return ClipEmbedder(TINY_MODEL, "none", batch_size=3)
+
+
+def frames(n: int = 5, h: int = 48, w: int = 80, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+def test_shapes_and_normalisation(tiny):
+    g, p = tiny.embed_images(frames())
+    assert g.shape == (5, 16) and g.dtype == np.float32
+    assert p.shape == (5, tiny.num_patches, 16) and p.dtype == np.float32
+    assert tiny.num_patches == 4  # 32 px image, 16 px patches
+    np.testing.assert_allclose(np.linalg.norm(g, axis=-1), 1, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(p, axis=-1), 1, atol=1e-5)
+    t = tiny.embed_texts(["a red disc", "a bicycle", "a rabbit", "x"])
+    assert t.shape == (4, 16) and t.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(t, axis=-1), 1, atol=1e-5)
+    assert not np.allclose(t[0], t[1])
+
+
+def test_global_equals_model_encode_image(tiny):
+    f = frames()
+    g, _ = tiny.embed_images(f)
+    with torch.inference_mode():
+        ref = torch.nn.functional.normalize(tiny.model.encode_image(tiny.preprocess(f)), dim=-1)
+    np.testing.assert_allclose(g, ref.numpy(), atol=1e-5)
+
+
+def test_projecting_the_class_token_our_way_reproduces_the_image_embedding(tiny):
+    """The patch tokens go through `_project` (ln_post + proj); the same map applied to the
+    class token must give the model's own image embedding — so patches share its space."""
+    f = frames(4)
+    visual = tiny.model.visual
+    with torch.inference_mode():
+        pixels = tiny.preprocess(f)
+        x = visual.transformer(visual._embeds(pixels))  # (B, 1 + T, W)
+        ours = tiny._project(x[:, :1])[:, 0]  # class token through our projection
+        ref = tiny.model.encode_image(pixels)
+    np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_patch_tokens_match_open_clip_output_tokens(tiny):
+    f = frames(3)
+    _, p = tiny.embed_images(f)
+    visual = tiny.model.visual
+    visual.output_tokens = True
+    try:
+        with torch.inference_mode():
+            _pooled, tokens = visual(tiny.preprocess(f))  # tokens before proj
+            ref = torch.nn.functional.normalize(tokens @ visual.proj, dim=-1)
+    finally:
+        visual.output_tokens = False
+    np.testing.assert_allclose(p, ref.numpy(), atol=1e-5)
+
+
+def test_preprocess_matches_open_clip_transform(tiny):
+    """Our tensor transform vs open_clip's own PIL transform (bicubic both; small differences
+    come from PIL's vs torch's bicubic kernels)."""
+    import open_clip
+    from PIL import Image
+
+    transform = open_clip.image_transform(tiny.image_size, is_train=False,
+                                          mean=tiny.model.visual.image_mean,
+                                          std=tiny.model.visual.image_std)
+    f = np.repeat(np.repeat(frames(2, 12, 20), 4, axis=1), 4, axis=2)  # smooth-ish 48x80
+    ours = tiny.preprocess(f).numpy()
+    ref = np.stack([transform(Image.fromarray(x)).numpy() for x in f])
+    assert ours.shape == ref.shape
+    assert np.abs(ours - ref).mean() < 0.05
+
+
+def test_batching_does_not_change_results(tiny):
+    f = frames(7)
+    g1, p1 = tiny.embed_images(f)
+    one = ClipEmbedder(TINY_MODEL, "none", batch_size=7)
+    g2, p2 = one.embed_images(f)
+    np.testing.assert_allclose(g1, g2, atol=1e-5)
+    np.testing.assert_allclose(p1, p2, atol=1e-5)
+
+
+def test_random_weights_are_seeded_and_warned(caplog):
+    with caplog.at_level(logging.WARNING, logger="precompute.clip"):
+        a = ClipEmbedder(TINY_MODEL, "none", seed=3)
+    assert any("RANDOM weights" in r.message for r in caplog.records)
+    b = ClipEmbedder(TINY_MODEL, "none", seed=3)
+    c = ClipEmbedder(TINY_MODEL, "none", seed=4)
+    f = frames(2)
+    assert np.array_equal(a.embed_images(f)[0], b.embed_images(f)[0])
+    assert not np.allclose(a.embed_images(f)[0], c.embed_images(f)[0])
+    assert a.model_info == {"name": TINY_MODEL, "pretrained": "random"}
+
+
+def test_local_checkpoint_file(tmp_path, tiny):
+    path = tmp_path / "tiny.pt"
+    torch.save(tiny.model.state_dict(), path)
+    loaded = ClipEmbedder(TINY_MODEL, str(path), seed=99)
+    assert loaded.model_info["pretrained"].startswith("file:")
+    assert len(loaded.model_info["pretrained"]) == len("file:") + 64
+    f = frames(2)
+    np.testing.assert_allclose(loaded.embed_images(f)[0], tiny.embed_images(f)[0], atol=1e-6)
+
+
+def test_unknown_names_list_what_is_available():
+    with pytest.raises(ValueError, match=r"Model config for 'ViT-Nope' not found\. Available: "):
+        resolve_model("ViT-Nope", "openai")
+    with pytest.raises(ValueError, match=r"Available tags: \[.*'openai'"):
+        resolve_model("ViT-B-32", "no_such_tag")
+    assert resolve_model("ViT-B-32", "openai")[2] == {"name": "ViT-B-32", "pretrained": "openai"}
+
+
+def test_register_tiny_model_is_idempotent():
+    import open_clip
+
+    assert register_tiny_model() == TINY_MODEL
+    assert register_tiny_model() == TINY_MODEL
+    assert TINY_MODEL in open_clip.list_models()
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="precision"):
+        ClipEmbedder(TINY_MODEL, "none", precision="fp16")  # needs CUDA
+    with pytest.raises(ValueError, match="batch_size"):
+        ClipEmbedder(TINY_MODEL, "none", batch_size=0)
+    e = ClipEmbedder(TINY_MODEL, "none")
+    with pytest.raises(ValueError, match="uint8"):
+        e.embed_images(np.zeros((2, 8, 8, 3), np.float32))
+
+
+@pytest.mark.slow
+def test_vit_b32_random_projection():
+    e = ClipEmbedder("ViT-B-32", "none", batch_size=4)
+    f = frames(2, 120, 160)
+    g, p = e.embed_images(f)
+    assert g.shape == (2, 512) and p.shape == (2, 49, 512)
+    visual = e.model.visual
+    with torch.inference_mode():
+        pixels = e.preprocess(f)
+        x = visual.transformer(visual._embeds(pixels))
+        ours = e._project(x[:, :1])[:, 0]
+        ref = e.model.encode_image(pixels)
+    np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-4, atol=1e-4)
