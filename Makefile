@@ -33,8 +33,11 @@ bench: install
 precompute: install
 	$(BIN)/videocfr precompute --config $(PRECOMPUTE_CONFIG) --dataset $(DATASET) --out $(CACHE)
 
+# each `make train` gets a fresh run directory (resume one with: videocfr train --resume ...)
+RUN_DIR ?= runs/train-$(shell date +%Y%m%d-%H%M%S)
+
 train: install
-	$(BIN)/videocfr train --config $(TRAIN_CONFIG)
+	$(BIN)/videocfr train --config $(TRAIN_CONFIG) --output-dir $(RUN_DIR)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,281 @@
+"""The CF-GRPO trainer's configuration: nested dataclasses loaded from YAML.
+
+A YAML file has the sections `model`, `data`, `grpo`, `reward` and `run`; every key is a field
+below. Unknown keys are errors naming the key; `key=value` overrides from the command line
+address fields as `section.field` (`grpo.beta=0`, `run.max_steps=10`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+GATES = ("soft", "hard")
+ALIGNMENTS = ("dot", "js")
+DECODE_METHODS = ("auto", "sequential", "seek")
+
+
+@dataclass
+class ModelConfig:
+    """The policy.
+
+    Args:
+        path: a Hugging Face model id or local directory of a Qwen2.5-VL checkpoint.
+        tiny: build a tiny random Qwen2.5-VL and an offline processor instead (tests, demo).
+        tiny_seed: seed of the tiny model's random weights.
+        bf16: run the policy (and reference) in bfloat16.
+        attn_implementation: passed to from_pretrained ("sdpa", "eager", "flash_attention_2").
+        video_max_pixels: per-frame pixel cap given to the video processor (None: its default).
+        video_min_pixels: per-frame pixel floor given to the video processor (None: its default).
+        gradient_checkpointing: trade compute for memory in the policy's backward pass.
+    """
+
+    path: str | None = None
+    tiny: bool = False
+    tiny_seed: int = 0
+    bf16: bool = False
+    attn_implementation: str = "sdpa"
+    video_max_pixels: int | None = None
+    video_min_pixels: int | None = None
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self):
+        if self.tiny == (self.path is not None):
+            raise ValueError("model: set exactly one of `model.path` (a Qwen2.5-VL checkpoint) "
+                             "or `model.tiny: true` (tiny random model for tests)")
+        for name in ("video_max_pixels", "video_min_pixels"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"model.{name} must be > 0 or null, got {value}")
+
+
+@dataclass
+class DataConfig:
+    """Where the (video, question) pairs and their frames come from.
+
+    Args:
+        cache_dir: a finished precompute cache (manifest.json + shards/).
+        video_root: directory the cache's video paths are relative to (None: the cache config's).
+        prior_cache_dir: take the priors from another cache of the same videos (e.g. one
+            re-fused with another preset by `videocfr cache refuse`); None: cache_dir.
+        expect_config_hash: refuse a cache built with another precompute config (None: any).
+        allow_missing_prior: train on pairs without a cached prior (they get no CF term and are
+            counted); when false such a pair is an error.
+        shuffle: shuffle the pairs each epoch (seeded by run.seed).
+        decode: "sequential" (one pass through the file), "seek" (decord get_batch) or "auto".
+        max_samples: use only the first N pairs (None: all).
+    """
+
+    cache_dir: str = "caches/demo"
+    video_root: str | None = None
+    prior_cache_dir: str | None = None
+    expect_config_hash: str | None = None
+    allow_missing_prior: bool = False
+    shuffle: bool = True
+    decode: str = "auto"
+    max_samples: int | None = None
+
+    def __post_init__(self):
+        if self.decode not in DECODE_METHODS:
+            raise ValueError(f"data.decode {self.decode!r} unknown; use one of {DECODE_METHODS}")
+        if self.max_samples is not None and self.max_samples <= 0:
+            raise ValueError(f"data.max_samples must be > 0 or null, got {self.max_samples}")
+
+
+@dataclass
+class GRPOConfig:
+    """GRPO numbers (METHOD §6).
+
+    Args:
+        num_generations: G, completions sampled per prompt.
+        beta: KL coefficient; 0 loads no reference model.
+        epsilon: clip range of the ratio ρ.
+        learning_rate: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: gradient clipping (0: none).
+        batch_size: prompts per step (each gives G completions).
+        updates_per_batch: optimizer updates on one batch of rollouts (ρ != 1 after the first).
+        max_completion_length: cap on generated tokens.
+        temperature: sampling temperature of the rollouts.
+        top_p: nucleus sampling of the rollouts.
+    """
+
+    num_generations: int = 8
+    beta: float = 0.04
+    epsilon: float = 0.2
+    learning_rate: float = 1e-6
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    batch_size: int = 1
+    updates_per_batch: int = 1
+    max_completion_length: int = 512
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if self.num_generations < 2:
+            raise ValueError(f"grpo.num_generations must be >= 2 (advantages are relative to the "
+                             f"group), got {self.num_generations}")
+        if self.beta < 0 or self.epsilon <= 0 or self.learning_rate <= 0:
+            raise ValueError("grpo.beta must be >= 0, grpo.epsilon and grpo.learning_rate > 0")
+        for name in ("batch_size", "updates_per_batch", "max_completion_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"grpo.{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ValueError("grpo.temperature must be > 0 and grpo.top_p in (0, 1]")
+        if self.max_grad_norm < 0:
+            raise ValueError(f"grpo.max_grad_norm must be >= 0, got {self.max_grad_norm}")
+
+
+@dataclass
+class RewardConfig:
+    """The CF-GRPO reward (METHOD §4-5).
+
+    Args:
+        cf_lambda: λ, weight of the consensus-frame term.
+        gate: "soft" (clip(R_acc, 0, 1)) or "hard" (1[R_acc > 0.01], reference code).
+        alignment: "dot" (r_cov = Σ p_g α_g) or "js" (1 - JS(p, α)).
+        tau_alpha: τ_α of the softmax over groups in α.
+        format_weight: weight of R_format (1 as in Video-R1).
+    """
+
+    cf_lambda: float = 5.0
+    gate: str = "soft"
+    alignment: str = "dot"
+    tau_alpha: float = 0.1
+    format_weight: float = 1.0
+
+    def __post_init__(self):
+        if self.gate not in GATES:
+            raise ValueError(f"reward.gate {self.gate!r} unknown; use one of {GATES}")
+        if self.alignment not in ALIGNMENTS:
+            raise ValueError(f"reward.alignment {self.alignment!r} unknown; use one of "
+                             f"{ALIGNMENTS}")
+        if self.tau_alpha <= 0 or self.cf_lambda < 0:
+            raise ValueError("reward.tau_alpha must be > 0 and reward.cf_lambda >= 0")
+
+
+@dataclass
+class RunConfig:
+    """How the run is driven and where it writes.
+
+    Args:
+        max_steps: optimizer steps (one step = one batch of prompts and its updates).
+        output_dir: run directory (checkpoints, metrics.jsonl, tensorboard/).
+        checkpoint_every: save every N steps (0: only at the end).
+        keep_checkpoints: how many recent checkpoints to keep (0: all).
+        log_every: write metrics every N steps.
+        seed: seeds python, numpy and torch (per rank: seed + rank for sampling).
+        deepspeed: path of a DeepSpeed JSON config; null trains without DeepSpeed.
+        device: "auto" (cuda when present), "cpu" or "cuda".
+        tensorboard: also write TensorBoard events.
+    """
+
+    max_steps: int = 100
+    output_dir: str = "runs/cfgrpo"
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    seed: int = 0
+    deepspeed: str | None = None
+    device: str = "auto"
+    tensorboard: bool = True
+
+    def __post_init__(self):
+        if self.max_steps < 1 or self.log_every < 1:
+            raise ValueError("run.max_steps and run.log_every must be >= 1")
+        if self.checkpoint_every < 0 or self.keep_checkpoints < 0:
+            raise ValueError("run.checkpoint_every and run.keep_checkpoints must be >= 0")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"run.device {self.device!r} unknown; use auto, cpu or cuda")
+
+
+@dataclass
+class TrainConfig:
+    """The whole CF-GRPO run; see the section classes for each field."""
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(tiny=True))
+    data: DataConfig = field(default_factory=DataConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> TrainConfig:
+        """Build from nested plain data; unknown sections or keys raise ValueError naming them."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected a mapping of sections, got {type(data).__name__}")
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for name, value in data.items():
+            if name not in sections:
+                raise ValueError(f"{where}: unknown section {name!r}; sections are "
+                                 f"{sorted(sections)}")
+            section_cls = _SECTION_TYPES[name]
+            kwargs[name] = _build(section_cls, value or {}, f"{where}.{name}")
+        return cls(**kwargs)
+
+
+_SECTION_TYPES = {"model": ModelConfig, "data": DataConfig, "grpo": GRPOConfig,
+                  "reward": RewardConfig, "run": RunConfig}
+
+
+def _build(section_cls, values: dict[str, Any], where: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(section_cls)}
+    for key in values:
+        if key not in known:
+            raise ValueError(f"{where}: unknown key {key!r}; known keys are {sorted(known)}")
+    return section_cls(**values)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """`section.key=value` -> (section, key, YAML-parsed value)."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} is not of the form section.key=value")
+    lhs, rhs = text.split("=", 1)
+    if lhs.count(".") != 1:
+        raise ValueError(f"override {text!r}: the key must be section.key, e.g. grpo.beta=0")
+    section, key = lhs.split(".")
+    return section, key, yaml.safe_load(rhs) if rhs else None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
+                ) -> TrainConfig:
+    """Read a YAML config and apply `section.key=value` overrides.
+
+    Args:
+        path: YAML file; None starts from the defaults.
+        overrides: strings like "grpo.beta=0", "run.output_dir=/tmp/run".
+
+    Returns:
+        The validated TrainConfig.
+    """
+    data: dict[str, Any] = {}
+    where = "config"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"train config {path} not found; see configs/train/ for "
+                                    f"examples")
+        data = yaml.safe_load(path.read_text()) or {}
+        where = str(path)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of sections at the top level")
+    data = {k: dict(v or {}) for k, v in data.items()} if isinstance(data, dict) else data
+    given = set()
+    for text in overrides:
+        section, key, value = parse_override(text)
+        data.setdefault(section, {})[key] = value
+        given.add((section, key))
+    if ("model", "path") in given and ("model", "tiny") not in given:
+        data["model"]["tiny"] = False  # `model.path=...` on a tiny config means "use this model"
+    return TrainConfig.from_dict(data, where)

@@ -1,0 +1,236 @@
+"""Training samples: the (video, question) pairs of a precompute cache, with Video-R1 prompts.
+
+A sample's frames are the cache's sampled frames, decoded by their stored indices (train.video),
+so the prior's frame k is the model's frame k. The processor must turn K frames into K/2
+temporal groups (Qwen2.5-VL merges two consecutive frames); anything else is an error.
+
+The order of samples is a pure function of (seed, epoch): a resumed run continues where it left
+off by step number, with no sampler state to save.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cache_format import Cache, CacheError
+
+from .video import read_frames
+
+log = logging.getLogger(__name__)
+
+# Video-R1's prompt scheme, in our own words: think inside <think>, answer inside <answer>,
+# and an instruction per answer type saying what goes between the answer tags.
+QUESTION_TEMPLATE = (
+    "{question}\n"
+    "Think the question through carefully, step by step, as a person would: you may question "
+    "your first impressions, look again at the video and check your reasoning. "
+    "Put your reasoning between the <think> </think> tags, then your final answer between the "
+    "<answer> </answer> tags."
+)
+TYPE_TEMPLATES = {
+    "multiple choice": " Please provide only the single option letter (e.g., A, B, C, D, etc.) "
+                       "within the <answer> </answer> tags.",
+    "numerical": " Please provide only the numerical value (e.g., 42 or 3.14) within the "
+                 "<answer> </answer> tags.",
+    "OCR": " Please transcribe the text shown in the video and provide it within the "
+           "<answer> </answer> tags.",
+    "free-form": " Please provide your answer in text within the <answer> </answer> tags.",
+    "regression": " Please provide only the numerical value (e.g., 42 or 3.14) within the "
+                  "<answer> </answer> tags.",
+}
+PROBLEM_TYPES = tuple(TYPE_TEMPLATES)
+
+
+def problem_type_of(problem_type: str, options: list[str]) -> str:
+    """The Video-R1 answer type of a question; an empty type is inferred from the options."""
+    if not problem_type:
+        return "multiple choice" if options else "free-form"
+    if problem_type not in TYPE_TEMPLATES:
+        raise ValueError(f"problem_type {problem_type!r} unknown; the trainer knows "
+                         f"{list(PROBLEM_TYPES)} (Video-R1 types)")
+    return problem_type
+
+
+def build_prompt(question: str, options: list[str], problem_type: str) -> str:
+    """The user text of a sample (the video goes before it in the chat message).
+
+    Args:
+        question: the question text.
+        options: answer options like "A. a cat" (multiple choice), else empty.
+        problem_type: one of PROBLEM_TYPES.
+
+    Returns:
+        str: question (+ options) + the think/answer instruction + the type's answer format.
+    """
+    body = question.strip()
+    if problem_type == "multiple choice" and options:
+        body += "\nOptions:\n" + "\n".join(options)
+    return QUESTION_TEMPLATE.format(question=body) + TYPE_TEMPLATES[problem_type]
+
+
+def chat_messages(prompt: str) -> list[dict[str, Any]]:
+    """One user turn: the video, then the prompt text (Qwen2.5-VL chat format)."""
+    return [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+
+
+@dataclass
+class Sample:
+    """One (video, question) pair ready for the processor.
+
+    Args:
+        video_id, question_id: the cache key of the pair.
+        prompt: the user text (build_prompt).
+        answer: ground truth (a letter for multiple choice).
+        problem_type: Video-R1 answer type.
+        frames: uint8 [K, H, W, 3], the cached sampled frames in order.
+        frame_indices: int64 [K], their frame numbers in the file.
+        fps: the file's frame rate (for the processor's temporal positions).
+        num_frames: frames in the file.
+    """
+
+    video_id: str
+    question_id: str
+    prompt: str
+    answer: str
+    problem_type: str
+    frames: np.ndarray
+    frame_indices: np.ndarray
+    fps: float
+    num_frames: int
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.video_id, self.question_id)
+
+
+def resolve_video_root(cache: Cache, override: str | None) -> Path:
+    """Directory the cache's video paths are relative to.
+
+    Args:
+        cache: the opened cache.
+        override: data.video_root from the train config (wins when set).
+
+    Returns:
+        Path: the override, else the `video_root` the precompute config recorded, else ".".
+    """
+    if override is not None:
+        return Path(override)
+    config = cache.config or {}
+    for holder in (config, config.get("dataset") or {}, config.get("data") or {}):
+        if isinstance(holder, dict) and holder.get("video_root"):
+            return Path(holder["video_root"])
+    return Path(".")
+
+
+class CacheSamples:
+    """The (video, question) pairs of a cache, decoded on access.
+
+    Args:
+        cache_dir: a finished cache (manifest.json written by finalize_cache).
+        video_root: see resolve_video_root.
+        expect_config_hash: refuse a cache made with another precompute config.
+        decode: read_frames method ("auto", "sequential", "seek").
+        max_samples: keep only the first N pairs (in the cache's key order).
+    """
+
+    def __init__(self, cache_dir: str | Path, video_root: str | None = None,
+                 expect_config_hash: str | None = None, decode: str = "auto",
+                 max_samples: int | None = None):
+        cache_dir = Path(cache_dir)
+        if not (cache_dir / "manifest.json").is_file():
+            raise FileNotFoundError(
+                f"no finished cache at {cache_dir} (manifest.json missing); build one with "
+                f"`make precompute DATASET=demo` (writes caches/demo) or set data.cache_dir")
+        self.cache = Cache(cache_dir, expect_config_hash=expect_config_hash)
+        self.video_root = resolve_video_root(self.cache, video_root)
+        self.decode = decode
+        keys = sorted(self.cache.keys())
+        if max_samples is not None:
+            keys = keys[:max_samples]
+        if not keys:
+            raise CacheError(f"cache {cache_dir} holds no questions (all videos failed?); "
+                             f"check `videocfr cache info {cache_dir}`")
+        self.keys: list[tuple[str, str]] = keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> Sample:
+        video_id, question_id = self.keys[i]
+        video = self.cache.video(video_id)
+        question = self.cache.question(video_id, question_id)
+        k = video.num_sampled
+        if k == 0 or k % 2:
+            raise CacheError(f"video {video_id!r}: K = {k} cached frames; Qwen2.5-VL needs K "
+                             f"even (two frames per temporal group) — rebuild the cache")
+        problem_type = problem_type_of(question.problem_type, question.options)
+        frames = read_frames(self.video_root / video.path, video.frame_indices, self.decode)
+        return Sample(video_id=video_id, question_id=question_id,
+                      prompt=build_prompt(question.question, question.options, problem_type),
+                      answer=question.answer, problem_type=problem_type, frames=frames,
+                      frame_indices=video.frame_indices, fps=float(video.fps),
+                      num_frames=int(video.num_frames))
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """int64 [n]: the sample order of one epoch, a pure function of (seed, epoch)."""
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int, shuffle: bool,
+                  rank: int = 0, world_size: int = 1) -> list[int]:
+    """Sample indices of one rank at a step (0-based): each rank takes its own slice.
+
+    Args:
+        n: number of samples.
+        batch_size: prompts per rank per step.
+        step: the step number; a resumed run passes its next step and continues the order.
+        seed, shuffle: see epoch_order.
+        rank, world_size: data parallel position.
+
+    Returns:
+        list[int] of length batch_size (epochs wrap around).
+    """
+    per_step = batch_size * world_size
+    out = []
+    for j in range(batch_size):
+        flat = step * per_step + rank * batch_size + j
+        epoch, pos = divmod(flat, n)
+        out.append(int(epoch_order(n, seed, epoch, shuffle)[pos]))
+    return out
+
+
+def process(processor, samples: list[Sample]) -> dict[str, Any]:
+    """Prompt tensors for a batch of samples, with the K even / t = K/2 check.
+
+    Args:
+        processor: a Qwen2.5-VL processor (padding side left).
+        samples: the batch.
+
+    Returns:
+        BatchFeature with input_ids / attention_mask int64 [B, P], pixel_values_videos,
+        video_grid_thw int64 [B, 3], second_per_grid_ts, mm_token_type_ids int [B, P].
+    """
+    from transformers.video_utils import VideoMetadata  # noqa: PLC0415
+
+    texts = [processor.apply_chat_template(chat_messages(s.prompt), add_generation_prompt=True,
+                                           tokenize=False) for s in samples]
+    metadata = [VideoMetadata(total_num_frames=s.num_frames, fps=s.fps,
+                              frames_indices=s.frame_indices.tolist()) for s in samples]
+    processor.tokenizer.padding_side = "left"
+    batch = processor(text=texts, videos=[s.frames for s in samples], video_metadata=metadata,
+                      do_sample_frames=False, padding=True, return_tensors="pt")
+    for s, thw in zip(samples, batch["video_grid_thw"].tolist()):
+        k = s.frames.shape[0]
+        if k % 2 or thw[0] != k // 2:
+            raise ValueError(f"video {s.video_id!r}: {k} frames gave {thw[0]} temporal groups, "
+                             f"expected K/2 = {k / 2}; K must be even and the processor's "
+                             f"temporal_patch_size 2 so that prior frame k is model frame k")
+    return batch
