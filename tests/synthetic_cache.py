@@ -9,7 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cache_format import FusionConfig, QuestionRecord, ShardWriter, VideoRecord, finalize_cache, fuse
+from cache_format import (
+    FusionConfig,
+    QuestionRecord,
+    ShardWriter,
+    VideoRecord,
+    finalize_cache,
+    fuse,
+)
 
 TEST_CONFIG = {"sampling": {"num_frames": 8}, "clip": {"model": "synthetic", "pretrained": "none"},
                "fusion": {"preset": "cfr"}}
