@@ -45,8 +45,8 @@ logger = logging.getLogger(__name__)
 VFR_TOLERANCE = 0.25
 BATCH_FRAMES = 32
 # Parts: a video is split only when each part gets at least this many frames (a minute at 25
-# fps), and part j > 0 starts decoding this many frames before its range (the detector warm-up:
-# above AdaptiveDetector's window plus a default min_scene_len of 15 frames).
+# fps), and part j > 0 starts decoding at least this many frames before its range (the detector
+# warm-up: AdaptiveDetector's window plus twice min_scene_len, 15 frames by default).
 MIN_PART_FRAMES = 1500
 WARMUP_FRAMES = 64
 TAIL_FRAMES = 16  # decoded past a part's end so cuts near it leave the detector's window
@@ -356,7 +356,8 @@ def decode_part(path: str | os.PathLike, sampling: SamplingConfig | None = None,
                            rows=np.zeros(0, np.int64), frames=np.zeros((0, 0, 0, 3), np.uint8),
                            cuts=[], empty=True)
     start, stop = bounds[part]
-    lo = max(0, start - WARMUP_FRAMES) if part else 0
+    warmup = max(WARMUP_FRAMES, 2 * scenes_cfg.min_scene_len + 32)  # detector state settles
+    lo = max(0, start - warmup) if part else 0
     hi = min(n, stop + TAIL_FRAMES) if part < len(bounds) - 1 else n
     width, height = decode_size(first[1], first[0], sampling.short_side)
     vr = _open(path, width=width, height=height, num_threads=threads) \
