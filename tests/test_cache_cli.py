@@ -80,3 +80,17 @@ def test_top_level_usage_and_unknown_command():
     assert videocfr("--help").returncode == 0
     out = videocfr("nonsense")
     assert out.returncode == 2 and "unknown command" in out.stderr
+
+
+def test_reading_a_cache_needs_only_the_core_install(tmp_path):
+    """cache_format (and `videocfr cache`) never import the heavy extras."""
+    make_cache(tmp_path / "c", n_videos=2)
+    code = (
+        "import sys; from cache_format.cli import main; from cache_format import PriorTable\n"
+        f"PriorTable.load({str(tmp_path / 'c')!r}).get('vid001', 'q0')\n"
+        f"assert main(['cache', 'verify', {str(tmp_path / 'c')!r}]) == 0\n"
+        "heavy = {'torch', 'cv2', 'decord', 'open_clip', 'transformers', 'deepspeed', 'yaml',\n"
+        "         'scenedetect', 'precompute', 'train'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
