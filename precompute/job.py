@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -150,19 +151,20 @@ class Precomputer:
             logger.info("job %d of %d already done; skipped", job_index, self.num_jobs)
             return JobResult(job_index, "skipped")
         videos = [self._videos[v] for v in self.jobs[job_index]]
-        emb = self.embedder
         result = JobResult(job_index, "done")
         cfg = self.config
         items = [(v, v.abs_path) for v in videos]
-        from .worker import iter_decoded
+        from .worker import DecodePool
 
-        with ShardWriter(self.cache_dir, self.record, embed_dim=emb.embed_dim,
-                         model=emb.model_info, job_index=job_index, num_jobs=self.num_jobs,
-                         library_versions=library_versions(),
-                         max_videos=cfg.shards.max_videos,
-                         max_bytes=cfg.shards.max_bytes) as writer:
-            decoded = iter_decoded(items, cfg.sampling, cfg.scenes, timeout_s=cfg.decode.timeout_s,
-                                   prefetch=max(1, cfg.decode.prefetch))
+        with DecodePool(cfg.sampling, cfg.scenes, timeout_s=cfg.decode.timeout_s,
+                        prefetch=max(1, cfg.decode.prefetch)) as pool, ExitStack() as stack:
+            pool.start(wait=False)  # the decode workers import their libraries while CLIP loads
+            emb = self.embedder
+            writer = stack.enter_context(ShardWriter(
+                self.cache_dir, self.record, embed_dim=emb.embed_dim, model=emb.model_info,
+                job_index=job_index, num_jobs=self.num_jobs, library_versions=library_versions(),
+                max_videos=cfg.shards.max_videos, max_bytes=cfg.shards.max_bytes))
+            decoded = stack.enter_context(closing(pool.decode(items)))
             bar = tqdm(decoded, total=len(items), unit="video",
                        desc=f"job {job_index + 1}/{self.num_jobs}")
             for (video, _path), out in bar:

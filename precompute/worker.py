@@ -103,7 +103,7 @@ def _worker_main(conn, sampling: SamplingConfig, scenes_cfg: SceneConfig,
 class _Worker:
     """One decode process and the parent's end of its pipe."""
 
-    def __init__(self, ctx, args: tuple, stop: threading.Event):
+    def __init__(self, ctx, args: tuple):
         parent, child = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(target=_worker_main, name="videocfr-decode", daemon=True,
                                 args=(child, *args))
@@ -111,14 +111,12 @@ class _Worker:
         self.proc.start()
         child.close()
         self.conn = parent
-        self.stop = stop
         self.ready = False
 
-    def wait_ready(self) -> None:
+    def wait_ready(self, stop: threading.Event) -> None:
         """Block until the worker has imported its libraries (start several, then wait)."""
         if self.ready:
             return
-        stop = self.stop
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not stop.is_set():
             left = deadline - time.monotonic()
@@ -191,19 +189,16 @@ class _Video:
 class _Supervisor(threading.Thread):
     """Feeds the workers, enforces the timeout, restarts them, and queues results in order."""
 
-    def __init__(self, items: Iterable[tuple[Any, Any]], sampling: SamplingConfig,
-                 scenes_cfg: SceneConfig, timeout_s: float, prefetch: int, num_threads: int,
-                 ctx, num_workers: int, min_part_frames: int):
+    def __init__(self, pool: DecodePool, items: Iterable[tuple[Any, Any]]):
         super().__init__(name="videocfr-decode-supervisor", daemon=True)
+        self.pool = pool
         self.items = items
-        self.args = (sampling, scenes_cfg, num_threads, min_part_frames)
-        self.timeout_s = timeout_s
-        self.prefetch = prefetch
-        self.ctx = ctx
-        self.num_parts = num_workers
-        self.out: queue.Queue = queue.Queue(maxsize=prefetch)
+        self.timeout_s = pool.timeout_s
+        self.prefetch = pool.prefetch
+        self.workers = pool.workers  # shared: a killed worker is replaced in the pool too
+        self.num_parts = len(pool.workers)
+        self.out: queue.Queue = queue.Queue(maxsize=pool.prefetch)
         self.stop = threading.Event()
-        self.workers: list[_Worker | None] = [None] * num_workers
 
     def _put(self, entry: tuple[str, Any]) -> bool:
         while not self.stop.is_set():
@@ -279,19 +274,15 @@ class _Supervisor(threading.Thread):
                     tasks += [(seq, part) for part in range(self.num_parts)]
                     admitted += 1
                 # hand tasks to idle workers (a video already failed needs no more parts)
-                tasks = [t for t in tasks if videos[t[0]].error is None]
-                wanted = min(len(tasks), len(self.workers))
-                for w in range(len(self.workers)):  # start the missing ones together
-                    if self.workers[w] is None and wanted > 0:
-                        self.workers[w] = _Worker(self.ctx, self.args, stop=self.stop)
-                        wanted -= 1
+                tasks = [t for t in tasks if t[0] in videos and videos[t[0]].error is None]
+                self.pool.start(wait=False, limit=len(tasks))  # missing ones start together
                 for w in range(len(self.workers)):
                     if not tasks:
                         break
                     wk = self.workers[w]
                     if wk is None:
                         continue
-                    wk.wait_ready()
+                    wk.wait_ready(self.stop)
                     if wk.task is None:
                         seq, part = tasks.pop(0)
                         path = videos[seq].path
@@ -311,15 +302,97 @@ class _Supervisor(threading.Thread):
             self._put(("error", err))
         finally:
             for w, wk in enumerate(self.workers):
-                if wk is not None:
-                    # Stopped early (the consumer left): kill at once; else let it exit cleanly.
-                    wk.kill() if self.stop.is_set() else wk.close()
+                if wk is not None and wk.task is not None:
+                    # The consumer left mid-way: a worker still decoding for it is killed (its
+                    # answer would come to nobody); idle workers stay for the pool's next call.
+                    wk.kill()
                     self.workers[w] = None
 
 
 def default_workers() -> int:
     """Decode processes: one per core, at most 2 (the CLIP pass needs the main process too)."""
     return max(1, min(2, os.cpu_count() or 1))
+
+
+class DecodePool:
+    """Decode worker processes kept for several `decode` calls (start them once per job).
+
+    Args:
+        sampling, scenes_cfg, timeout_s, prefetch, num_threads, mp_context, num_workers,
+            min_part_frames: as `iter_decoded`.
+
+    Use as a context manager; `start()` spawns the workers ahead of time (e.g. while the CLIP
+    model loads), `decode(items)` yields results in input order. One `decode` at a time.
+    """
+
+    def __init__(self, sampling: SamplingConfig | None = None,
+                 scenes_cfg: SceneConfig | None = None, *, timeout_s: float = 300.0,
+                 prefetch: int = 2, num_threads: int | None = None, mp_context: str = "spawn",
+                 num_workers: int | None = None, min_part_frames: int = MIN_PART_FRAMES):
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if not isinstance(prefetch, int) or prefetch < 1:
+            raise ValueError(f"prefetch must be an int >= 1, got {prefetch!r}")
+        if mp_context not in ("spawn", "forkserver"):
+            raise ValueError(f"mp_context must be 'spawn' or 'forkserver' (fork is unsafe with "
+                             f"torch loaded), got {mp_context!r}")
+        workers = default_workers() if num_workers is None else num_workers
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"num_workers must be an int >= 1, got {workers!r}")
+        threads = max(1, (os.cpu_count() or 1) // workers) if num_threads is None else num_threads
+        self.timeout_s, self.prefetch = timeout_s, prefetch
+        self.ctx = mp.get_context(mp_context)
+        self.args = (sampling or SamplingConfig(), scenes_cfg or SceneConfig(), threads,
+                     min_part_frames)
+        self.workers: list[_Worker | None] = [None] * workers
+        self._stop = threading.Event()
+        self._decoding = False
+
+    def start(self, wait: bool = True, limit: int | None = None) -> None:
+        """Spawn the missing workers (at most `limit`), together; wait until they are ready."""
+        missing = [w for w, wk in enumerate(self.workers) if wk is None]
+        for w in missing[:limit]:
+            self.workers[w] = _Worker(self.ctx, self.args)
+        if wait:
+            for wk in self.workers:
+                if wk is not None:
+                    wk.wait_ready(self._stop)
+
+    def decode(self, items: Iterable[tuple[Any, str | os.PathLike]]
+               ) -> Iterator[tuple[tuple[Any, Any], DecodedVideo | VideoDecodeError]]:
+        """Decode (key, path) items ahead of the caller; yields (item, result) in input order."""
+        if self._decoding:
+            raise RuntimeError("DecodePool.decode is already running; one call at a time")
+        self._decoding = True
+        sup = _Supervisor(self, items)
+        sup.start()
+        try:
+            while True:
+                kind, payload = sup.out.get()
+                if kind == "item":
+                    yield payload
+                elif kind == "error":
+                    raise payload
+                else:
+                    return
+        finally:
+            sup.stop.set()
+            sup.join()
+            self._decoding = False
+
+    def close(self) -> None:
+        """Ask every worker to exit (killing any that does not)."""
+        self._stop.set()
+        for w, wk in enumerate(self.workers):
+            if wk is not None:
+                wk.close()
+                self.workers[w] = None
+
+    def __enter__(self) -> DecodePool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def iter_decoded(items: Iterable[tuple[Any, str | os.PathLike]],
@@ -351,30 +424,10 @@ def iter_decoded(items: Iterable[tuple[Any, str | os.PathLike]],
     Raises:
         ValueError: bad arguments. RuntimeError: the worker cannot start at all.
     """
-    if not timeout_s > 0:
-        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-    if not isinstance(prefetch, int) or prefetch < 1:
-        raise ValueError(f"prefetch must be an int >= 1, got {prefetch!r}")
-    if mp_context not in ("spawn", "forkserver"):
-        raise ValueError(f"mp_context must be 'spawn' or 'forkserver' (fork is unsafe with "
-                         f"torch loaded), got {mp_context!r}")
-    workers = default_workers() if num_workers is None else num_workers
-    if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"num_workers must be an int >= 1, got {workers!r}")
-    threads = max(1, (os.cpu_count() or 1) // workers) if num_threads is None else num_threads
-    sup = _Supervisor(items, sampling or SamplingConfig(), scenes_cfg or SceneConfig(),
-                      timeout_s, prefetch, threads, mp.get_context(mp_context), workers,
-                      min_part_frames)
-    sup.start()
+    pool = DecodePool(sampling, scenes_cfg, timeout_s=timeout_s, prefetch=prefetch,
+                      num_threads=num_threads, mp_context=mp_context, num_workers=num_workers,
+                      min_part_frames=min_part_frames)
     try:
-        while True:
-            kind, payload = sup.out.get()
-            if kind == "item":
-                yield payload
-            elif kind == "error":
-                raise payload
-            else:
-                return
+        yield from pool.decode(items)
     finally:
-        sup.stop.set()
-        sup.join()
+        pool.close()

@@ -116,3 +116,26 @@ def test_two_workers_split_videos_and_match_one_worker(tmp_path):
     for (_, a), (_, b) in zip(one, two):
         np.testing.assert_array_equal(a.frames, b.frames)
         np.testing.assert_array_equal(a.scenes, b.scenes)
+
+
+def test_pool_is_reused_across_calls_and_after_a_timeout(good, monkeypatch):
+    from precompute.worker import DecodePool
+
+    with DecodePool(SMALL, timeout_s=3.0, num_workers=2) as pool:
+        pool.start()
+        pids = {wk.proc.pid for wk in pool.workers}
+        first = list(pool.decode([("a", good[0])]))
+        assert isinstance(first[0][1], DecodedVideo)
+        assert {wk.proc.pid for wk in pool.workers} == pids  # the same processes
+        monkeypatch.setenv(FAULT_ENV, f"hang:{good[1].name}")  # read by newly spawned workers
+        for wk in pool.workers:
+            wk.close()
+        pool.workers[:] = [None, None]
+        second = dict(pool.decode([("hang", good[1]), ("b", good[2])]))
+        assert "timed out after 3 s" in str(second[("hang", good[1])])
+        assert isinstance(second[("b", good[2])], DecodedVideo)
+        with pytest.raises(RuntimeError, match="one call at a time"):
+            gen = pool.decode([("a", good[0])])
+            next(gen)
+            next(pool.decode([("b", good[2])]))
+        gen.close()
