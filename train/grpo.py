@@ -60,14 +60,16 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
     """log_softmax(logits)[..., index] without materialising the full [.., V] log-softmax.
 
     For float32/64, logsumexp row by row (peak memory one [T, V] row block instead of
-    [B, T, V]); for half types, log_softmax per row (logsumexp in half is inaccurate).
+    [B, T, V]); half types (bf16 logits of a bf16 policy) are upcast one row at a time, so the
+    [B, T, V] logits are never copied to float32 whole and the log-probs (and the ratio
+    exp(logp - logp_old) built from them) keep float32 precision.
 
     Args:
         logits: float [B, T, V].
         index: int64 [B, T], token ids.
 
     Returns:
-        [B, T] log-probabilities, dtype of `logits`.
+        [B, T] log-probabilities: dtype of `logits` for float32/64, float32 for half types.
     """
     if logits.shape[:-1] != index.shape:
         raise ValueError(
@@ -80,7 +82,7 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
         return selected - lse
     out = []
     for row_logits, row_ids in zip(logits, index):
-        row_logps = torch.log_softmax(row_logits, dim=-1)  # (T, V)
+        row_logps = torch.log_softmax(row_logits.float(), dim=-1)  # (T, V), one row in fp32
         out.append(row_logps.gather(-1, row_ids.unsqueeze(-1)).squeeze(-1))
     return torch.stack(out)
 

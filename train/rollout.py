@@ -156,6 +156,8 @@ def policy_forward(model, rollout: Rollout, temperature: float, hidden_states: b
     C = rollout.completion_length
     out = model(**rollout.inputs, output_hidden_states=hidden_states, logits_to_keep=C + 1,
                 use_cache=False)
-    logits = out.logits[:, :-1].float() / temperature  # (B*G, C, V): position t predicts t+1
-    logp = selective_log_softmax(logits, rollout.completion_ids)  # (B*G, C)
+    logits = out.logits[:, :-1]  # (B*G, C, V): position t predicts t+1; kept in model dtype
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp = selective_log_softmax(logits, rollout.completion_ids)  # (B*G, C) float32
     return logp, (out.hidden_states[-1] if hidden_states else None)
