@@ -43,10 +43,13 @@ def _read(f: h5py.File, name: str, as_str: bool = False) -> np.ndarray:
         raise schema.SchemaError(f"{name}: unreadable ({err})") from err
 
 
-def check_shard_values(f: h5py.File, rows: dict[str, int]) -> None:
+def check_shard_values(f: h5py.File, rows: dict[str, int]) -> int:
     """Check every value of a shard whose structure is known good. Raises SchemaError.
 
     Reading the checksummed datasets also makes HDF5 verify their fletcher32 checksums.
+
+    Returns:
+        The number of failed videos.
     """
     status = _read(f, "videos/status", as_str=True)
     if not set(status.tolist()) <= {"ok", "failed"}:
@@ -111,23 +114,31 @@ def check_shard_values(f: h5py.File, rows: dict[str, int]) -> None:
     arow = _read(f, "aliases/video_row")
     if np.any(arow < 0) or np.any(arow >= rows["videos"]):
         raise schema.SchemaError("aliases/video_row points outside the videos table")
+    return int(failed.sum())
+
+
+def _verify_shard(path: str | Path, config_hash: str | None, embed_dim: int | None
+                  ) -> tuple[list[Problem], dict[str, int]]:
+    """(problems, counts {videos, failed_videos, questions}) of one shard, read once."""
+    try:
+        with h5py.File(path, "r") as f:
+            rows = check_shard_structure(f, config_hash=config_hash, embed_dim=embed_dim,
+                                         where=str(path))
+            failed = check_shard_values(f, rows)
+    except schema.CacheError as err:
+        msg = str(err)
+        prefix = f"{path}: "
+        return [Problem(str(path), msg[len(prefix):] if msg.startswith(prefix) else msg)], {}
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        return [Problem(str(path), f"unreadable ({type(err).__name__}: {err})")], {}
+    return [], {"videos": rows["videos"], "failed_videos": failed,
+                "questions": rows["questions"]}
 
 
 def verify_shard(path: str | Path, config_hash: str | None = None,
                  embed_dim: int | None = None) -> list[Problem]:
     """Verify one shard file on its own (no manifest needed)."""
-    try:
-        with h5py.File(path, "r") as f:
-            rows = check_shard_structure(f, config_hash=config_hash, embed_dim=embed_dim,
-                                         where=str(path))
-            check_shard_values(f, rows)
-    except schema.CacheError as err:
-        msg = str(err)
-        prefix = f"{path}: "
-        return [Problem(str(path), msg[len(prefix):] if msg.startswith(prefix) else msg)]
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
-        return [Problem(str(path), f"unreadable ({type(err).__name__}: {err})")]
-    return []
+    return _verify_shard(path, config_hash, embed_dim)[0]
 
 
 def verify_cache(cache_dir: str | Path) -> list[Problem]:
@@ -157,15 +168,11 @@ def verify_cache(cache_dir: str | Path) -> list[Problem]:
             problems.append(Problem(entry["path"], f"sha256 {digest} does not match the "
                                                    f"manifest's {entry['sha256']}"))
             continue
-        found = verify_shard(path, manifest["config_hash"], manifest["embed_dim"])
+        found, counts = _verify_shard(path, manifest["config_hash"], manifest["embed_dim"])
         problems += [Problem(entry["path"], p.reason) for p in found]
         if found:
             continue
-        with h5py.File(path, "r") as f:
-            n_v = f["videos/video_id"].shape[0]
-            n_f = int(np.sum(_read(f, "videos/status", as_str=True) != "ok"))
-            n_q = f["questions/question_id"].shape[0]
-        for key, n in (("videos", n_v), ("failed_videos", n_f), ("questions", n_q)):
+        for key, n in counts.items():
             totals[key] += n
             if entry[key] != n:
                 problems.append(Problem(entry["path"], f"holds {n} {key}, manifest says "

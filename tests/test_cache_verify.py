@@ -201,3 +201,17 @@ def test_write_shard_rejects_nothing_silently(tmp_path):
         "format": "videocfr-cache", "schema_version": 1, "config_hash": "0" * 64,
         "embed_dim": 4, "job_index": 0, "num_jobs": 1, "part": 0}, 4)
     assert verify_shard(tmp_path / "empty.h5") == []
+
+
+def test_counts_that_disagree_with_the_shards_are_reported(tmp_path):
+    make_cache(tmp_path / "c", n_videos=3, n_failed=1)
+    manifest = _manifest(tmp_path / "c")
+    manifest["shards"][0]["failed_videos"] = 0
+    manifest["counts"]["questions"] = 99
+    _write_manifest(tmp_path / "c", manifest)
+    reasons = [p.reason for p in verify_cache(tmp_path / "c")]
+    assert reasons == ["holds 1 failed_videos, manifest says 0"]
+    manifest["shards"][0]["failed_videos"] = 1
+    _write_manifest(tmp_path / "c", manifest)
+    reasons = [p.reason for p in verify_cache(tmp_path / "c")]
+    assert reasons == ["counts.questions is 99, the shards hold 6"]
