@@ -27,14 +27,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cache_format import (  # noqa: E402
-    FusionConfig,
-    QuestionRecord,
-    ShardWriter,
-    VideoRecord,
-    finalize_cache,
-    fuse,
-)
+from cache_format import ShardWriter, finalize_cache  # noqa: E402
+from tests.synthetic_cache import make_question, make_video  # noqa: E402
 
 NUM_FILE_FRAMES = 300
 FPS = 25.0
@@ -61,35 +55,11 @@ def build_cache(root: Path, n_videos: int, k: int, dim: int = 16) -> Path:
     with ShardWriter(cache, config, embed_dim=dim,
                      model={"name": "bench", "pretrained": "random"}) as writer:
         for i in range(n_videos):
-            rng = np.random.default_rng(i)
             vid = f"v{i:03d}"
             write_video(root / f"{vid}.mp4", seed=i)
-            idx = np.linspace(0, NUM_FILE_FRAMES - 1, k).round().astype(np.int64)
-            emb = rng.standard_normal((k, dim))
-            emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-            rep = np.zeros(k, bool)
-            rep[0] = True
-            video = VideoRecord(
-                video_id=vid, path=f"{vid}.mp4", content_hash=f"{i:064x}", fps=FPS,
-                duration=NUM_FILE_FRAMES / FPS, num_frames=NUM_FILE_FRAMES, frame_indices=idx,
-                timestamps=idx / FPS, scenes=np.array([[0, NUM_FILE_FRAMES]]),
-                frame_scene=np.zeros(k, np.int32), scene_rep=rep,
-                embeddings=emb.astype(np.float16))
-            questions = []
-            for j in range(2):
-                raw = rng.uniform(-0.2, 0.4, k).astype(np.float32)
-                sem = (raw - raw.min()) / (raw.max() - raw.min())
-                scene = np.where(rep, 1.0, rng.uniform(0.1, 0.9, k)).astype(np.float32)
-                uni = np.ones(k, np.float32)
-                temb = rng.standard_normal(dim)
-                questions.append(QuestionRecord(
-                    video_id=vid, question_id=f"q{j}", question=f"What moves in {vid}?",
-                    options=["A. bars", "B. a car", "C. a dog", "D. nothing"], answer="A",
-                    problem_type="multiple choice",
-                    text_embedding=(temb / np.linalg.norm(temb)).astype(np.float16),
-                    uniform=uni, scene=scene, semantic=sem.astype(np.float32), semantic_raw=raw,
-                    prior=fuse(uni, scene, sem, raw, rep, FusionConfig())))
-            writer.add(video, questions)
+            video = make_video(vid, k=k, dim=dim, seed=i, num_scenes=1,
+                               num_frames=NUM_FILE_FRAMES, fps=FPS, path=f"{vid}.mp4")
+            writer.add(video, [make_question(video, f"q{j}", seed=100 * i + j) for j in range(2)])
     finalize_cache(cache)
     return cache
 

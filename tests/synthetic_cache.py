@@ -29,10 +29,11 @@ def _unit(rng: np.random.Generator, *shape: int) -> np.ndarray:
 
 
 def make_video(video_id: str, k: int = 8, dim: int = 16, seed: int = 0,
-               num_scenes: int = 2) -> VideoRecord:
-    """An ok video of `k` sampled frames in `num_scenes` scenes of a 10 s, 25 fps clip."""
+               num_scenes: int = 2, num_frames: int = 250, fps: float = 25.0,
+               path: str | None = None) -> VideoRecord:
+    """An ok video of `k` sampled frames in `num_scenes` scenes of a `num_frames` clip."""
     rng = np.random.default_rng(seed)
-    n = 250
+    n = num_frames
     idx = np.linspace(0, n - 1, k).round().astype(np.int64)
     cuts = np.linspace(0, n, num_scenes + 1).round().astype(np.int64)
     scenes = np.stack([cuts[:-1], cuts[1:]], axis=1)
@@ -40,9 +41,9 @@ def make_video(video_id: str, k: int = 8, dim: int = 16, seed: int = 0,
     rep = np.zeros(k, bool)
     for j in np.unique(frame_scene):
         rep[np.flatnonzero(frame_scene == j)[0]] = True
-    return VideoRecord(video_id=video_id, path=f"videos/{video_id}.mp4",
-                       content_hash=f"{seed:064x}", fps=25.0, duration=n / 25.0, num_frames=n,
-                       frame_indices=idx, timestamps=idx / 25.0, scenes=scenes,
+    return VideoRecord(video_id=video_id, path=path or f"videos/{video_id}.mp4",
+                       content_hash=f"{seed:064x}", fps=fps, duration=n / fps, num_frames=n,
+                       frame_indices=idx, timestamps=idx / fps, scenes=scenes,
                        frame_scene=frame_scene, scene_rep=rep,
                        embeddings=_unit(rng, k, dim).astype(np.float16))
 
