@@ -1,5 +1,9 @@
-"""evaluate: QA accuracy under frame-selection strategies, V-NIAH and focus metrics.
+"""evaluate: frame-selection strategies, QA accuracy under a frame budget, V-NIAH, focus metrics.
 
-Not built yet: this package is the place for DESIGN.md's evaluation stage, which reads caches
-through `cache_format` only. `videocfr evaluate` reports that it is not available.
+Reads caches through `cache_format` only. Modules:
+
+- `evaluate.strategies`: the registry name → function(video, question, n, rng) → sorted
+  candidate positions (METHOD §8).
+
+Submodules are not imported here so that `import evaluate` stays cheap.
 """

@@ -11,7 +11,8 @@ YAML layout (every key optional; defaults below)::
                 precision: fp32, seed: 0}
     saliences: {scene_temperature: 0.1, aggregation: max, patch_tokens: true,
                 option_queries: true}
-    fusion:    {preset: cfr, w_uniform: 0.1, w_scene: 1.0, w_semantic: 3.0, temperature: 0.1,
+    fusion:    {preset: cfr, w_uniform: 0.1, w_scene: 1.0, w_semantic: 3.0, w_novelty: 0,
+                temperature: 0.1,
                 semantic_top_frac: 0.25}
     decode:    {timeout_s: 300, prefetch: 2}
     shards:    {max_videos: 1000, max_bytes: 1073741824}

@@ -15,7 +15,8 @@ Pure numpy over embeddings the CLIP pass already made, so the rules are testable
   (`aggregation="mean"`: the mean over views, still the max over queries); r = min-max of raw over
   the K frames, all equal → all 1.
 
-Fusion is cache_format.fusion.fuse (both presets), never reimplemented here.
+Fusion (every preset, the novelty source and min-max) is cache_format.fusion, never
+reimplemented here.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cache_format.fusion import FusionConfig, fuse
+from cache_format.fusion import FusionConfig, fuse, minmax, novelty_salience
 
 AGGREGATIONS = ("max", "mean")
 
@@ -182,26 +183,6 @@ def semantic_raw(global_emb: np.ndarray, patch_emb: np.ndarray | None, text_emb:
     return pooled.max(axis=1)
 
 
-EQUAL_ATOL = 1e-6  # raw scores closer than this count as equal (float32 cosines carry ~1e-7 noise)
-
-
-def minmax(raw: np.ndarray, atol: float = EQUAL_ATOL) -> np.ndarray:
-    """Min-max normalisation to [0, 1] over the K frames; all equal (within atol) → all 1.
-
-    Args:
-        raw: float [K] raw scores.
-        atol: a spread (max - min) at or below this counts as all equal.
-
-    Returns:
-        float32 [K].
-    """
-    raw = np.asarray(raw, dtype=np.float64)
-    lo, hi = float(raw.min()), float(raw.max())
-    if not hi - lo > atol:
-        return np.ones(raw.shape, dtype=np.float32)
-    return np.clip((raw - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-
-
 def question_saliences(scene: SceneSaliences, global_emb: np.ndarray,
                        patch_emb: np.ndarray | None, text_emb: np.ndarray,
                        config: SalienceConfig, fusion: FusionConfig) -> QuestionSaliences:
@@ -223,6 +204,9 @@ def question_saliences(scene: SceneSaliences, global_emb: np.ndarray,
                        config.aggregation)
     uniform = uniform_salience(k)
     semantic = minmax(raw)
-    prior = fuse(uniform, scene.scene, semantic, raw.astype(np.float32), scene.scene_rep, fusion)
+    # novelty from the embeddings as the cache stores them (float16), so a re-fuse matches
+    novelty = (novelty_salience(global_emb.astype(np.float16)) if fusion.needs_novelty else None)
+    prior = fuse(uniform, scene.scene, semantic, raw.astype(np.float32), scene.scene_rep, fusion,
+                 novelty=novelty)
     return QuestionSaliences(uniform=uniform, scene=scene.scene, semantic=semantic,
                              semantic_raw=raw.astype(np.float32), prior=prior)
