@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 
 from . import schema
+from .additions import verify_additions
 from .io import sha256_file
 from .manifest import check_shard_structure, load_manifest, safe_member_path
 
@@ -182,4 +183,5 @@ def verify_cache(cache_dir: str | Path) -> list[Problem]:
             if manifest["counts"].get(key) != n:
                 problems.append(Problem(schema.MANIFEST_NAME, f"counts.{key} is "
                                         f"{manifest['counts'].get(key)}, the shards hold {n}"))
+    problems += [Problem(where, reason) for where, reason in verify_additions(cache_dir)]
     return problems
