@@ -101,6 +101,18 @@ def _merge(args) -> int:
     return 0
 
 
+def _refuse(args) -> int:
+    from .refuse import fusion_from_cli, refuse_cache
+
+    source = Cache(args.cache)
+    fusion = fusion_from_cli(args.preset, args.weights, args.temperature, source.config)
+    manifest = refuse_cache(args.cache, args.output, fusion)
+    print(f"re-fused {manifest['counts']['questions']} priors of {args.cache} with preset "
+          f"{fusion.preset} (weights {fusion.weights}, temperature {fusion.temperature}) into "
+          f"{args.output}: config hash {manifest['config_hash']}")
+    return 0
+
+
 def cache_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videocfr cache", description="inspect, check and "
                                      "combine prior caches")
@@ -123,6 +135,13 @@ def cache_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--max-videos", type=int, default=1000)
     p.set_defaults(func=_merge)
+    p = sub.add_parser("refuse", help="new priors from the stored saliences (no decode, no CLIP)")
+    p.add_argument("cache")
+    p.add_argument("--preset", required=True, choices=("cfr", "cfr-novelty", "videocfr-ref"))
+    p.add_argument("--weights", default=None, help="wu,ws,wr[,wn] (default: the preset's)")
+    p.add_argument("--temperature", type=float, default=None, help="softmax tau (default 0.1)")
+    p.add_argument("-o", "--output", required=True, help="new cache directory")
+    p.set_defaults(func=_refuse)
     return parser
 
 
