@@ -113,6 +113,24 @@ def _refuse(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from .export import export_file
+
+    summary = export_file(args.cache, args.video_r1, args.output)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    left = {k: summary[k] for k in ("no_prior", "failed_video", "duplicate_frames", "images")}
+    print(f"exported frame_sets for {summary['exported']} of {summary['records']} records into "
+          f"{args.output}; left unchanged: " + ", ".join(f"{k} {v}" for k, v in left.items()))
+    if summary["examples"]:
+        print(f"  keys not in the cache, e.g. {summary['examples']}")
+    if not summary["matches_cache_prior"]:
+        print(f"  note: the cache was fused with preset {summary['preset']}; the reference "
+              f"trainer rebuilds the videocfr-ref prior of these sets, not the cache's prior")
+    return 0
+
+
 def cache_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videocfr cache", description="inspect, check and "
                                      "combine prior caches")
@@ -142,6 +160,12 @@ def cache_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=None, help="softmax tau (default 0.1)")
     p.add_argument("-o", "--output", required=True, help="new cache directory")
     p.set_defaults(func=_refuse)
+    p = sub.add_parser("export", help="priors as frame_sets in Video-R1 JSON (reference trainer)")
+    p.add_argument("cache")
+    p.add_argument("--video-r1", required=True, metavar="IN.json", help="Video-R1 JSON / JSONL")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.json")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_export)
     return parser
 
 
@@ -149,7 +173,7 @@ def cache_main(argv: list[str]) -> int:
     args = cache_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CacheError, KeyError, ValueError) as err:
+    except (CacheError, KeyError, ValueError, FileNotFoundError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {msg}", file=sys.stderr)
         return 2

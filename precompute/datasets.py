@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from cache_format.keys import is_image_record, video_id_from_path
+
 logger = logging.getLogger(__name__)
 
 FORMATS = ("auto", "native", "video-r1")
@@ -210,14 +212,6 @@ def parse_answer(solution: str) -> str:
     return match.group(1) if match else str(solution).strip()
 
 
-def video_id_from_path(path: str) -> str:
-    """Video-R1 path -> video id: forward slashes, no leading "./", no extension."""
-    p = str(path).replace("\\", "/")
-    while p.startswith("./"):
-        p = p[2:]
-    return str(Path(p).with_suffix("")).replace("\\", "/")
-
-
 def parse_records(records: list[dict], fmt: str, path: Path
                   ) -> tuple[list[tuple[str, QAItem]], int]:
     """QA items from records.
@@ -234,7 +228,7 @@ def parse_records(records: list[dict], fmt: str, path: Path
     skipped = 0
     for i, rec in enumerate(records):
         if fmt == "video-r1":
-            if str(rec.get("data_type", "video")).lower() == "image":
+            if is_image_record(rec):
                 skipped += 1
                 continue
             _require(rec, VIDEO_R1_REQUIRED, i, path, "Video-R1")
