@@ -131,6 +131,43 @@ def _export(args) -> int:
     return 0
 
 
+def _index(args) -> int:
+    from .search import build_index
+
+    meta = build_index(args.cache, flat_max=args.flat_max, nprobe=args.nprobe)
+    print(f"indexed {meta['frames']} frames of {args.cache} ({meta['kind']}, D = "
+          f"{meta['embed_dim']}, model {meta['model']['name']} ({meta['model']['pretrained']}))")
+    return 0
+
+
+def _search(args) -> int:
+    from .search import FrameIndex
+
+    cache = Cache(args.cache)
+    index = FrameIndex.load(cache)  # check the index before loading a model
+    # The query text is embedded with the cache's own CLIP model. Models are resolved in one
+    # place, precompute/clip.py, so the text tower comes from the precompute package (imported
+    # only here, like the stages above); cache_format itself never imports it.
+    try:
+        cache_model = importlib.import_module("precompute.cache_model")
+    except ModuleNotFoundError as err:
+        raise CacheError(f"`videocfr cache search` embeds the query with the cache's CLIP model "
+                         f"and needs the 'precompute' extra ({err}): pip install -e "
+                         f"'.[precompute]'") from None
+    embedder = cache_model.cache_embedder(cache, device=args.device, checkpoint=args.checkpoint)
+    hits = index.search(embedder.embed_texts([args.text]), top=args.top, nprobe=args.nprobe)[0]
+    rows = [{"rank": r + 1, "video_id": h.video_id, "frame_index": h.frame_index,
+             "time": h.time, "score": h.score} for r, h in enumerate(hits)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'rank':>4s}  {'score':>7s}  {'time':>9s}  {'frame':>7s}  video")
+    for r in rows:
+        print(f"{r['rank']:4d}  {r['score']:7.4f}  {r['time']:8.2f}s  {r['frame_index']:7d}  "
+              f"{r['video_id']}")
+    return 0
+
+
 def cache_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videocfr cache", description="inspect, check and "
                                      "combine prior caches")
@@ -166,6 +203,22 @@ def cache_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT.json")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_export)
+    p = sub.add_parser("index", help="faiss text-to-frame search index (a cache addition)")
+    p.add_argument("cache")
+    p.add_argument("--flat-max", type=int, default=200_000,
+                   help="exact Flat index up to this many frames, IVF-PQ above")
+    p.add_argument("--nprobe", type=int, default=16, help="IVF lists visited per query")
+    p.set_defaults(func=_index)
+    p = sub.add_parser("search", help="frames that match a text, with the cache's CLIP model")
+    p.add_argument("cache")
+    p.add_argument("text")
+    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists (default: the index's)")
+    p.add_argument("--device", default="cpu", help="torch device of the text tower")
+    p.add_argument("--checkpoint", default=None,
+                   help="local checkpoint of a cache built from a file (its sha256 is checked)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_search)
     return parser
 
 
