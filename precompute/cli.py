@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only write manifest.json from finished jobs (error naming missing ones)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="run the jobs in this process (local) or on Ray")
+    p.add_argument("--ray-retries", type=int, default=2,
+                   help="--engine ray: resubmissions of a failed or timed-out job")
+    p.add_argument("--ray-timeout", type=float, default=None,
+                   help="--engine ray: cancel a job running longer than this (seconds)")
     p.add_argument("--device", default=None, help="override clip.device (cpu, cuda, cuda:1)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -80,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     import dataclasses
+    import functools
 
     from .config import PrecomputeConfig
     from .datasets import load_dataset
@@ -107,7 +112,12 @@ def _run(args: argparse.Namespace) -> int:
         _summary(args.out, manifest)
         return 0
     jobs = [index] if index is not None else pre.pending()
-    runner = run_ray if args.engine == "ray" else run_local
+    runner = run_local
+    if args.engine == "ray":
+        from .ray_engine import RayOptions
+
+        options = RayOptions(retries=args.ray_retries, timeout_s=args.ray_timeout)
+        runner = functools.partial(run_ray, options=options)
     results = runner(pre, jobs) if jobs else []
     for r in results:
         logger.info("job %d: %s (%d videos, %d failed, %d questions)", r.job_index, r.status,

@@ -13,7 +13,6 @@ the K sampled frames and on the question queries, the saliences (METHOD §2) and
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from contextlib import ExitStack, closing
@@ -243,33 +242,8 @@ def run_local(pre: Precomputer, job_indices: list[int]) -> list[JobResult]:
     return [pre.run_job(i) for i in job_indices]
 
 
-def _ray_job(config_dict: dict, dataset_yaml: dict, cache_dir: str, num_jobs: int,
-             job_index: int) -> dict:
-    """One shard job inside a Ray worker (rebuilds config and dataset from plain data)."""
-    from .datasets import DatasetConfig, load_dataset
+def run_ray(pre: Precomputer, job_indices: list[int], options=None) -> list[JobResult]:
+    """Map shard jobs onto a Ray cluster, with retries and timeouts (precompute/ray_engine.py)."""
+    from .ray_engine import run_ray as run_on_ray
 
-    config = PrecomputeConfig.from_dict(config_dict)
-    dataset = load_dataset(DatasetConfig(**dataset_yaml))
-    res = Precomputer(config, dataset, cache_dir, num_jobs).run_job(job_index)
-    return dataclasses.asdict(res)
-
-
-def run_ray(pre: Precomputer, job_indices: list[int]) -> list[JobResult]:
-    """Map shard jobs onto a Ray cluster (RAY_ADDRESS, or a local Ray if none)."""
-    try:
-        import ray
-    except ImportError:
-        raise RuntimeError("--engine ray needs Ray: pip install ray (or use --engine local, or "
-                           "SLURM arrays with --shard-index)") from None
-    if not ray.is_initialized():
-        ray.init()
-    gpus = 1 if pre.config.clip.device.startswith("cuda") else 0
-    task = ray.remote(num_gpus=gpus)(_ray_job)
-    config_dict = {k: v for k, v in pre.record.items() if k != "dataset"}
-    ds = dataclasses.asdict(pre.dataset.config)
-    refs = [task.remote(config_dict, ds, str(pre.cache_dir), pre.num_jobs, i)
-            for i in job_indices]
-    results = []
-    for ref in tqdm(refs, unit="job", desc="ray jobs"):
-        results.append(JobResult(**ray.get(ref)))
-    return results
+    return run_on_ray(pre, job_indices, options)
