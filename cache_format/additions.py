@@ -29,6 +29,7 @@ from pathlib import Path
 from .io import fsync_dir, sha256_file, write_json_atomic
 from .manifest import load_manifest
 from .schema import CacheError, SchemaError
+from .storage import as_path
 
 ADDITIONS_DIR = "additions"
 ADDITION_MANIFEST = "addition.json"
@@ -71,12 +72,12 @@ class Addition:
 
 
 def addition_dir(cache_dir: str | Path, name: str) -> Path:
-    return Path(cache_dir) / ADDITIONS_DIR / _check_name(name, "addition name")
+    return as_path(cache_dir) / ADDITIONS_DIR / _check_name(name, "addition name")
 
 
 def list_additions(cache_dir: str | Path) -> list[str]:
     """Names of the additions present (finished or not: `load_addition` checks them)."""
-    root = Path(cache_dir) / ADDITIONS_DIR
+    root = as_path(cache_dir) / ADDITIONS_DIR
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and p.is_dir())
@@ -150,7 +151,7 @@ def load_addition(cache_dir: str | Path, name: str, version: int | None = None,
     Raises:
         CacheError: missing, of another cache or version, malformed, or altered files.
     """
-    cache_dir = Path(cache_dir)
+    cache_dir = as_path(cache_dir)
     directory = addition_dir(cache_dir, name)
     mpath = directory / ADDITION_MANIFEST
     if not mpath.is_file() or mpath.is_symlink():
@@ -159,7 +160,7 @@ def load_addition(cache_dir: str | Path, name: str, version: int | None = None,
     if mpath.stat().st_size > MAX_MANIFEST_BYTES:
         raise SchemaError(f"{mpath} is larger than {MAX_MANIFEST_BYTES} bytes")
     try:
-        with open(mpath, encoding="utf-8") as f:
+        with mpath.open(encoding="utf-8") as f:
             doc = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise SchemaError(f"{mpath} is not valid JSON: {err}") from err

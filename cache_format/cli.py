@@ -13,13 +13,13 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from .merge import merge_caches
 from .reader import Cache
 from .schema import CacheError
+from .storage import as_path
 from .verify import verify_cache, verify_shard
 
 STAGES = {
@@ -83,7 +83,7 @@ def _show(args) -> int:
 
 
 def _verify(args) -> int:
-    path = Path(args.cache)
+    path = as_path(args.cache)
     problems = verify_shard(path) if path.is_file() else verify_cache(path)
     for p in problems:
         print(f"FAIL {p}", file=sys.stderr)

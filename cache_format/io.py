@@ -10,8 +10,10 @@ from pathlib import Path
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """sha256 (hex) of a file's bytes."""
+    from .storage import as_path  # a RemotePath too (shards of a remote cache)
+
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with as_path(path).open("rb") as f:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()

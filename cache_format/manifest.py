@@ -11,6 +11,7 @@ import numpy as np
 
 from . import schema
 from .schema import CacheError, SchemaError
+from .storage import as_path
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _MANIFEST_FIELDS = {
@@ -49,7 +50,7 @@ def load_manifest(cache_dir: str | Path) -> dict:
         SchemaError: malformed JSON, missing or mistyped fields, a config hash that does not
             match the config, or shard paths outside the cache.
     """
-    cache_dir = Path(cache_dir)
+    cache_dir = as_path(cache_dir)  # a local Path, or a RemotePath for fsspec URLs
     path = cache_dir / schema.MANIFEST_NAME
     if not cache_dir.is_dir():
         raise CacheError(f"cache directory {cache_dir} does not exist")
@@ -57,7 +58,7 @@ def load_manifest(cache_dir: str | Path) -> dict:
         raise CacheError(f"{path} is missing: the cache is unfinished (finish the precompute "
                          f"jobs, then `videocfr precompute ... --finalize`) or not a cache")
     try:
-        with open(path, encoding="utf-8") as f:
+        with path.open(encoding="utf-8") as f:
             manifest = json.load(f, parse_constant=_reject_constant)
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
         raise SchemaError(f"{path} is not valid JSON: {err}") from err

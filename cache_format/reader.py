@@ -14,6 +14,7 @@ import numpy as np
 from . import schema
 from .manifest import check_shard_structure, load_manifest, safe_member_path
 from .records import QuestionRecord, VideoRecord
+from .storage import as_path, open_h5
 
 Key = tuple[str, str]
 
@@ -54,7 +55,7 @@ class Cache:
     """
 
     def __init__(self, path: str | Path, expect_config_hash: str | None = None):
-        self.path = Path(path)
+        self.path = as_path(path)  # a local Path, or a RemotePath for fsspec URLs
         self.manifest = load_manifest(self.path)
         schema.check_config_hash(self.manifest["config_hash"], expect_config_hash, str(self.path))
         self._shards = [safe_member_path(self.path, s["path"]) for s in self.manifest["shards"]]
@@ -101,7 +102,7 @@ class Cache:
         f = self._files.get(i)
         if f is None:
             try:
-                f = h5py.File(self._shards[i], "r")
+                f = open_h5(self._shards[i])
             except OSError as err:
                 raise schema.SchemaError(f"{self._shards[i]} is not a readable HDF5 shard: "
                                          f"{err}") from err

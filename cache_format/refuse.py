@@ -33,6 +33,7 @@ from .fusion import FusionConfig, fuse, minmax, novelty_salience
 from .io import fsync_dir
 from .reader import Cache
 from .records import QuestionRecord, VideoRecord
+from .storage import local_only
 from .writer import ShardWriter, finalize_cache
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ def refuse_cache(source: str | Path, out: str | Path, fusion: FusionConfig,
     Raises:
         CacheError / SchemaError: unreadable source, bad saliences (named), non-empty `out`.
     """
-    out = Path(out)
+    out = local_only(out, "the output of `videocfr cache refuse`")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise schema.CacheError(f"output {out} exists and is not an empty directory; refuse "
                                 f"writes a new cache")

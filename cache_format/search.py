@@ -31,6 +31,7 @@ from tqdm import tqdm
 from . import schema
 from .additions import load_addition, write_addition
 from .reader import Cache
+from .storage import RemotePath, local_only, open_h5
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def build_index(cache_path: str | Path, flat_max: int = FLAT_MAX, nprobe: int = 
         CacheError: no frames, or faiss missing.
     """
     faiss = _faiss()
-    cache = Cache(cache_path)
+    cache = Cache(local_only(cache_path, "`videocfr cache index` (it writes the index)"))
     x, ids, video_ids = _read_frames(cache)
     n, d = x.shape
     if n == 0:
@@ -197,10 +198,15 @@ class FrameIndex:
         if meta.get("embed_dim") != cache.embed_dim:
             raise schema.CacheError(f"the search index has D = {meta.get('embed_dim')}, the "
                                     f"cache {cache.embed_dim}; rebuild it")
-        index = faiss.read_index(str(add.path(INDEX_FILE)))
+        index_path = add.path(INDEX_FILE)
+        if isinstance(index_path, RemotePath):  # shared storage: faiss reads from memory
+            with index_path.open("rb") as f:
+                index = faiss.deserialize_index(np.frombuffer(f.read(), dtype=np.uint8))
+        else:
+            index = faiss.read_index(str(index_path))
         where = add.path(IDS_FILE)
         try:
-            with h5py.File(where, "r") as f:
+            with open_h5(where) as f:
                 video_ids = f["videos/video_id"].asstr()[()]
                 rows = {name: f[f"rows/{name}"][()] for name in
                         ("video", "frame_index", "timestamp", "shard", "frame_row")}

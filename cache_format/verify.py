@@ -12,6 +12,7 @@ from . import schema
 from .additions import verify_additions
 from .io import sha256_file
 from .manifest import check_shard_structure, load_manifest, safe_member_path
+from .storage import as_path, open_h5
 
 ATOL = 1e-5
 
@@ -122,7 +123,7 @@ def _verify_shard(path: str | Path, config_hash: str | None, embed_dim: int | No
                   ) -> tuple[list[Problem], dict[str, int]]:
     """(problems, counts {videos, failed_videos, questions}) of one shard, read once."""
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             rows = check_shard_structure(f, config_hash=config_hash, embed_dim=embed_dim,
                                          where=str(path))
             failed = check_shard_values(f, rows)
@@ -148,7 +149,7 @@ def verify_cache(cache_dir: str | Path) -> list[Problem]:
     Returns:
         The problems found; empty when the cache is sound.
     """
-    cache_dir = Path(cache_dir)
+    cache_dir = as_path(cache_dir)
     try:
         manifest = load_manifest(cache_dir)
     except schema.CacheError as err:
