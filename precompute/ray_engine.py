@@ -109,6 +109,16 @@ def ray_map(fn: Callable, calls: dict[int, tuple], options: RayOptions,
             logger.error("job %s failed after %d attempts: %s", key, attempts[key], why)
             errors[key] = why
 
+    try:
+        _drive(ray, task, calls, options, slots, waiting, attempts, running, results, failed)
+    finally:
+        for ref in running:  # interrupted (Ctrl-C, an error here): leave no task behind
+            ray.cancel(ref, force=True)
+    return results, errors
+
+
+def _drive(ray, task, calls, options, slots, waiting, attempts, running, results, failed):
+    """The scheduling loop of `ray_map` (state passed in, so its caller can clean up)."""
     while waiting or running:
         while waiting and len(running) < slots:
             key = waiting.pop(0)
@@ -130,7 +140,6 @@ def ray_map(fn: Callable, calls: dict[int, tuple], options: RayOptions,
                     ray.cancel(ref, force=True)
                     running.pop(ref)
                     failed(key, f"timed out after {options.timeout_s:.0f} s")
-    return results, errors
 
 
 def _ray_job(config_dict: dict, dataset_config: dict, cache_dir: str, num_jobs: int,

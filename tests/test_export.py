@@ -42,6 +42,8 @@ def caches(tmp_path) -> tuple[Path, Path]:
             w.add(v, [make_question(v, str(j), seed=10 * i + j) for j in range(2)])
         w.add(VideoRecord.failed("broken/clip", "broken/clip.mp4", "decode failed"), [],
               skipped_questions=1)
+        short = make_video("short/clip", k=8, num_frames=5, seed=9)  # frames sampled twice
+        w.add(short, [make_question(short, "0", seed=99)])
     finalize_cache(src)
     refuse_cache(src, tmp_path / "ref", FusionConfig(preset="videocfr-ref"))
     return src, tmp_path / "ref"
@@ -53,11 +55,13 @@ def test_exported_sets_rebuild_the_ref_prior(caches, tmp_path):
     recs += [record("./LLaVA-Video/ytb_a.mp4", 99),            # question not in the cache
              record("./other/none.mp4", 0),                    # video not in the cache
              record("./broken/clip.mp4", 0),                   # failed video
+             record("./short/clip.mp4", 0),                    # a frame index sampled twice
              {"problem_id": 7, "path": "./img/x.png", "data_type": "image", "problem": "?"}]
     (tmp_path / "in.json").write_text(json.dumps(recs))
     summary = export_file(ref, tmp_path / "in.json", tmp_path / "out.json")
     assert summary["exported"] == 6 and summary["matches_cache_prior"]
     assert (summary["no_prior"], summary["failed_video"], summary["images"]) == (2, 1, 1)
+    assert summary["duplicate_frames"] == 1
     out = json.loads((tmp_path / "out.json").read_text())
     assert len(out) == len(recs)
     cache = Cache(ref)
