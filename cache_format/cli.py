@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     usage = "usage: videocfr {cache,precompute,train,evaluate} ...\n\n" + "\n".join(
-        [f"  {'cache':11s} inspect, verify and merge prior caches"]
+        [f"  {'cache':11s} inspect, verify, merge, re-fuse, export and search prior caches"]
         + [f"  {name:11s} {desc}" for name, (_, desc) in STAGES.items()])
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
