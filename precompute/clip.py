@@ -59,7 +59,8 @@ def is_out_of_memory(err: BaseException) -> bool:
     """True for torch's out-of-memory error (CUDA or other accelerators)."""
     import torch
 
-    return isinstance(err, torch.OutOfMemoryError) or (
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(err, oom) or (
         isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
 
 
