@@ -179,7 +179,8 @@ class Precomputer:
         with DecodePool(cfg.sampling, cfg.scenes, timeout_s=cfg.decode.timeout_s,
                         prefetch=max(1, cfg.decode.prefetch),
                         num_workers=cfg.decode.num_workers()) as pool, ExitStack() as stack:
-            pool.start(wait=False)  # the decode workers import their libraries while CLIP loads
+            # the decode workers import their libraries while CLIP loads (no more than needed)
+            pool.start(wait=False, limit=len(items))
             emb = self.embedder
             writer = stack.enter_context(ShardWriter(
                 self.cache_dir, self.record, embed_dim=emb.embed_dim, model=emb.model_info,

@@ -13,9 +13,9 @@ supervisor thread in the parent:
   process) overlaps the decoding of videos i+1, i+2 (worker processes).
 
 With `num_workers` P > 1 (default: one per available core, see `default_workers`), each video
-is decoded as P parts (decode.decode_part: a long video's time range split in P, a short one
-left whole), one part per worker at once, and the parts are merged into the same DecodedVideo
-a single pass gives. Parts of the next videos fill workers that finish early.
+is decoded as min(P, MAX_PARTS) parts (decode.decode_part: a long video's time range split,
+a short one left whole), one part per worker at once, and the parts are merged into the same
+DecodedVideo a single pass gives. Parts of the next videos fill workers that finish early.
 
 Results come back IN INPUT ORDER. Test hook: the environment variable
 VIDEOCFR_DEBUG_DECODE_FAULT="hang:<substring>;crash:<substring>" makes the worker sleep forever
@@ -196,7 +196,7 @@ class _Supervisor(threading.Thread):
         self.timeout_s = pool.timeout_s
         self.prefetch = pool.prefetch
         self.workers = pool.workers  # shared: a killed worker is replaced in the pool too
-        self.num_parts = len(pool.workers)
+        self.num_parts = min(len(pool.workers), MAX_PARTS)
         self.out: queue.Queue = queue.Queue(maxsize=pool.prefetch)
         self.stop = threading.Event()
 
@@ -307,6 +307,12 @@ class _Supervisor(threading.Thread):
                     # answer would come to nobody); idle workers stay for the pool's next call.
                     wk.kill()
                     self.workers[w] = None
+
+
+# Parts a video is split into at most. Every part probes the file (open, index, first frame)
+# before it knows whether the video is long enough to have it, so with dozens of workers a short
+# video would be probed dozens of times; many videos in flight keep the cores busy instead.
+MAX_PARTS = 4
 
 
 def available_cores() -> int:
@@ -431,8 +437,8 @@ def iter_decoded(items: Iterable[tuple[Any, str | os.PathLike]],
             besides the one the caller holds).
         num_threads: decoder threads per worker (default: the cores left per worker).
         mp_context: "spawn" (default) or "forkserver"; never "fork" once torch is loaded.
-        num_workers: decode processes, and the parts a long video is split into (default
-            `default_workers()`).
+        num_workers: decode processes, and the parts a long video is split into (at most
+            MAX_PARTS; default `default_workers()`).
         min_part_frames: a video is split only into parts of at least this many frames.
 
     Yields:
