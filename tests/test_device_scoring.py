@@ -144,6 +144,23 @@ def test_cuda_without_a_gpu_is_a_clear_error():
         ClipEmbedder(TINY_MODEL, "none", device="cuda:0")
 
 
+@pytest.mark.skipif(HAS_CUDA, reason="checks the message on a machine without CUDA")
+def test_cli_device_cuda_without_a_gpu_stops_before_any_work(tmp_path, capsys, monkeypatch):
+    from precompute.cli import main
+
+    _dataset(tmp_path, batch_size=8)
+    (tmp_path / "tiny.yaml").write_text("sampling: {num_frames: 8, short_side: 64}\n"
+                                        "clip: {model: videocfr-tiny, pretrained: none}\n")
+    started = []
+    monkeypatch.setattr("precompute.worker.DecodePool.start",
+                        lambda *a, **k: started.append(1))
+    code = main(["--config", str(tmp_path / "tiny.yaml"), "--dataset", str(tmp_path / "ds.yaml"),
+                 "--out", str(tmp_path / "cache"), "--device", "cuda"])
+    assert code == 2 and not started
+    assert "no CUDA GPU" in capsys.readouterr().err
+    assert not list((tmp_path / "cache").glob("shards/*.h5"))
+
+
 def test_resolve_device_picks_the_local_rank(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
