@@ -5,7 +5,7 @@ config hash, so a shard job finished under one config is never mistaken for one 
 
 YAML layout (every key optional; defaults below)::
 
-    sampling:  {num_frames: 32, fps: null, max_frames: 256, short_side: 224}
+    sampling:  {num_frames: 32, fps: null, max_frames: 256, short_side: 224, decoder: decord}
     scenes:    {detector: adaptive, params: {}, min_scene_len: 15, downscale_width: 256}
     clip:      {model: ViT-B-32, pretrained: openai, device: cpu, batch_size: 32,
                 precision: fp32, seed: 0}
@@ -128,6 +128,9 @@ class ShardConfig:
 
 # section -> fields left out of the recorded (hashed) config: they change speed, not results.
 RUNTIME_ONLY: dict[str, tuple[str, ...]] = {"decode": ("workers",)}
+# section -> {field: default} recorded only when set to something else: fields added after
+# caches existed, so the caches built without them keep their config hash.
+RECORDED_IF_SET: dict[str, dict[str, Any]] = {"sampling": {"decoder": "decord"}}
 
 SECTIONS: dict[str, type] = {
     "sampling": SamplingConfig,
@@ -224,6 +227,9 @@ class PrecomputeConfig:
             data = _plain(dataclasses.asdict(getattr(self, name)))
             for key in RUNTIME_ONLY.get(name, ()):
                 data.pop(key, None)
+            for key, default in RECORDED_IF_SET.get(name, {}).items():
+                if data.get(key) == default:
+                    data.pop(key)
             out[name] = data
         return out
 
