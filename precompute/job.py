@@ -59,10 +59,12 @@ def assign_jobs(video_ids: list[str], num_jobs: int) -> list[list[str]]:
     return [ids[i::num_jobs] for i in range(num_jobs)]
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that shape the records (recorded in the cache)."""
+def library_versions(decoder: str = "decord") -> dict[str, str]:
+    """Versions of the libraries that shape the records (recorded in the cache); PyAV's only
+    when it scans (sampling.decoder: pyav)."""
     out = {}
-    for key, dist in VERSIONED.items():
+    versioned = {**VERSIONED, "av": "av"} if decoder == "pyav" else VERSIONED
+    for key, dist in versioned.items():
         try:
             out[key] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -184,7 +186,8 @@ class Precomputer:
             emb = self.embedder
             writer = stack.enter_context(ShardWriter(
                 self.cache_dir, self.record, embed_dim=emb.embed_dim, model=emb.model_info,
-                job_index=job_index, num_jobs=self.num_jobs, library_versions=library_versions(),
+                job_index=job_index, num_jobs=self.num_jobs,
+                library_versions=library_versions(cfg.sampling.decoder),
                 max_videos=cfg.shards.max_videos, max_bytes=cfg.shards.max_bytes))
             decoded = stack.enter_context(closing(pool.decode(items)))
             bar = tqdm(decoded, total=len(items), unit="video",
