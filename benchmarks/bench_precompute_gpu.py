@@ -11,7 +11,8 @@ On a CUDA device (random weights, no download) it measures:
 * saliences: ms per question of the device path (semantic raw scores of all a video's questions
   on the GPU + the fusion on the host), ViT-L-14 shapes (K = 32, T = 256, D = 768), against the
   numpy host path of the same numbers;
-* end to end: `Precomputer` (ViT-L-14, configs/precompute/gpu.yaml settings, decode on every core)
+* end to end: `Precomputer` (ViT-L-14, configs/precompute/gpu.yaml settings: PyAV scan, decode
+  on every core)
   over --videos copies of the 3.1-min 720p benchmark video of bench_precompute.py, in
   videos/hour, against the decode floor (one decord pass of the video on one core, times the
   videos, divided by the cores).
@@ -166,7 +167,8 @@ def decode_floor_s(path: Path) -> float:
     return time.perf_counter() - t0
 
 
-def end_to_end(video: Path, copies: int, clip: dict, workdir: Path) -> tuple[float, int]:
+def end_to_end(video: Path, copies: int, clip: dict, workdir: Path, decoder: str
+               ) -> tuple[float, int]:
     """(seconds, decode workers) of a whole precompute job over `copies` copies of a video."""
     from precompute.config import PrecomputeConfig
     from precompute.datasets import load_dataset
@@ -186,7 +188,7 @@ def end_to_end(video: Path, copies: int, clip: dict, workdir: Path) -> tuple[flo
     (workdir / "ann.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     (workdir / "ds.yaml").write_text("annotation: ann.jsonl\nvideo_root: videos\n"
                                      "format: native\n")
-    config = PrecomputeConfig.from_dict({"clip": clip,
+    config = PrecomputeConfig.from_dict({"clip": clip, "sampling": {"decoder": decoder},
                                          "decode": {"prefetch": 32, "workers": "auto"}})
     dataset = load_dataset(str(workdir / "ds.yaml"))
     pre = Precomputer(config, dataset, workdir / "cache")
@@ -209,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=ROOT / "data" / "bench")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-e2e", action="store_true", help="no end-to-end run")
+    parser.add_argument("--decoder", choices=("decord", "pyav"), default="pyav",
+                        help="sampling.decoder end to end (gpu.yaml: pyav)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import torch
@@ -238,11 +242,11 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 secs, workers = end_to_end(video, args.cpu_videos, {
                     "model": "ViT-B-32", "pretrained": "none", "device": "cpu",
-                    "batch_size": 32, "precision": "fp32"}, Path(tmp))
+                    "batch_size": 32, "precision": "fp32"}, Path(tmp), args.decoder)
             vph = f"{3600 * args.cpu_videos / secs:.1f}"
-            logger.info("end to end CPU (ViT-B-32 fp32, %d decode workers): %d videos in "
-                        "%.1f s; decode floor %.1f s", workers, args.cpu_videos, secs,
-                        floor * args.cpu_videos / cores)
+            logger.info("end to end CPU (ViT-B-32 fp32, %d decode workers, scan by %s): %d "
+                        "videos in %.1f s; decode floor %.1f s", workers, args.decoder,
+                        args.cpu_videos, secs, floor * args.cpu_videos / cores)
         print(f"precompute_gpu_cpu_parts device=cpu cores={cores} saliences_ms={dev_ms:.3f} "
               f"saliences_numpy_ms={host_ms:.3f} b32_cpu_frames_over_raw={stage / raw:.3f} "
               f"cpu_videos_per_hour={vph}")
@@ -267,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             secs, workers = end_to_end(video, args.videos, {
                 "model": "ViT-L-14", "pretrained": "none", "device": device,
-                "batch_size": args.batch, "precision": args.precision}, Path(tmp))
+                "batch_size": args.batch, "precision": args.precision}, Path(tmp),
+                args.decoder)
         bound = floor * args.videos / workers
         vph = f"{3600 * args.videos / secs:.1f}"
         logger.info("end to end (ViT-L-14 %s, %d decode workers): %d videos in %.1f s = %.2f "

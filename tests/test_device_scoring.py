@@ -178,6 +178,7 @@ def test_gpu_config_loads():
     cfg = PrecomputeConfig.load(REPO / "configs" / "precompute" / "gpu.yaml")
     assert cfg.clip.device == "cuda" and cfg.clip.precision in ("fp16", "bf16")
     assert cfg.clip.batch_size >= 256 and cfg.decode.workers == "auto"
+    assert cfg.sampling.decoder == "pyav" and cfg.sampling.num_frames == 32
 
 
 def test_decode_workers_config(monkeypatch):
