@@ -188,6 +188,11 @@ def test_decode_workers_config(monkeypatch):
     assert default_workers(env={}) == available_cores()
     assert default_workers(env={"LOCAL_WORLD_SIZE": "8"}) == max(1, available_cores() // 8)
     assert DecodeConfig(workers=3).num_workers() == 3
+    from precompute.worker import MAX_PARTS, DecodePool, _Supervisor
+
+    with DecodePool(num_workers=MAX_PARTS + 2) as pool:  # workers spawn lazily: none here
+        assert _Supervisor(pool, []).num_parts == MAX_PARTS  # a video is probed <= 4 times
+        assert all(w is None for w in pool.workers)
     for bad in (0, -1, "many", 2.5, True):
         with pytest.raises(ValueError, match="decode.workers"):
             DecodeConfig(workers=bad)
