@@ -7,6 +7,10 @@ batches, already scaled down inside decord (`width`/`height`: the RGB conversion
 small frame are far cheaper than of a 720p one). Every frame goes to the scene detector
 (precompute/scenes.py, further downsized); the K sampled frames are kept.
 
+With `sampling.decoder: pyav` the scan itself is done by threaded PyAV (precompute/scan_pyav.py;
+the file is still probed and indexed by decord, and a part whose PyAV frames disagree with that
+index is decoded by decord instead).
+
 Long videos are decoded in P parts at once (P decode processes, see worker.py): part j decodes
 the frames [start_j, stop_j) front to back, beginning `WARMUP_FRAMES` earlier so its scene
 detector's window and `min_scene_len` state are the same as a single pass would have at
