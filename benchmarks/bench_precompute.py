@@ -7,7 +7,8 @@ ffmpeg binary of imageio-ffmpeg, and cached under data/bench/, which git ignores
   frames copied to numpy): the least any decoder-based pipeline can cost;
 * naive: `scenedetect.detect(path, AdaptiveDetector())` (a full OpenCV decode) + decord
   `get_batch` of the K sampled frames (seeks) + CLIP embedding of the K frames;
-* ours: `precompute.worker.DecodePool` (one decode pass at reduced size, split in two time
+* ours: `precompute.worker.DecodePool` (one decode pass at reduced size, by decord or with
+  `--decoder pyav` by PyAV (sampling.decoder), split in two time
   ranges decoded at once by the two decode worker processes, scenes from the same pass) + CLIP
   embedding of the K frames. `ours_s` is timed with the pool started, as every video of a job
   sees it (a job starts its pool once, while CLIP loads; floor and naive likewise run with their
@@ -122,7 +123,8 @@ def time_naive(path: Path, embed, k: int) -> tuple[float, int]:
     return time.perf_counter() - t0, max(1, len(scenes))
 
 
-def time_ours(path: Path, embed, k: int, threads: int | None) -> tuple[float, float, int]:
+def time_ours(path: Path, embed, k: int, threads: int | None, decoder: str = "decord"
+              ) -> tuple[float, float, int]:
     """(warm seconds, cold seconds, scenes): the decode pool already started, and started inside.
 
     Warm is what each video of a precompute job costs (a job starts its pool once, while the
@@ -139,7 +141,7 @@ def time_ours(path: Path, embed, k: int, threads: int | None) -> tuple[float, fl
             return len(decoded.scenes)
         raise RuntimeError("no result")
 
-    sampling = SamplingConfig(num_frames=k)
+    sampling = SamplingConfig(num_frames=k, decoder=decoder)
     t0 = time.perf_counter()
     with DecodePool(sampling, num_threads=threads) as pool:
         run(pool)
@@ -161,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="decoder threads of the floor")
     parser.add_argument("--our-threads", type=int, default=None,
                         help="decoder threads per decode worker (default: cores / workers)")
+    parser.add_argument("--decoder", choices=("decord", "pyav"), default="decord",
+                        help="sampling.decoder of ours (the scan's library)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -176,9 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("floor (one native decord pass): %.2f s", floor)
     naive, naive_scenes = time_naive(path, embed, args.frames)
     logger.info("naive (detect + seeks + CLIP): %.2f s, %d scenes", naive, naive_scenes)
-    ours, cold, our_scenes = time_ours(path, embed, args.frames, args.our_threads)
-    logger.info("ours (decode pool + CLIP): %.2f s with the pool started, %.2f s when the "
-                "pool's start-up is counted too; %d scenes", ours, cold, our_scenes)
+    ours, cold, our_scenes = time_ours(path, embed, args.frames, args.our_threads, args.decoder)
+    logger.info("ours (decode pool + CLIP, scan by %s): %.2f s with the pool started, %.2f s "
+                "when the pool's start-up is counted too; %d scenes", args.decoder, ours, cold,
+                our_scenes)
     print(f"precompute cold start: ours_cold_s={cold:.3f} naive_over_ours_cold="
           f"{naive / cold:.3f}")
     print(f"precompute floor_s={floor:.3f} naive_s={naive:.3f} ours_s={ours:.3f} "

@@ -8,6 +8,13 @@ resized bicubic, centre crop, mean/std normalisation), but on tensors and batche
 Patch tokens are the ViT's output tokens taken through the same `ln_post` and `proj` as the
 pooled token, so they live in the joint image-text space and can be compared with text
 embeddings by cosine (open_clip's `output_tokens` returns them before `proj`).
+
+On a GPU the embeddings stay on the device (`embed_frames`, `embed_texts_device`): frames of
+many videos go through one large forward (pinned host memory, non-blocking copy), the semantic
+scores are computed there (precompute/saliences.semantic_raw_device) and only what the cache
+stores comes back to the host. A forward that runs out of GPU memory is retried with half the
+batch (logged); any other CUDA error raises `DeviceFailure`, which stops the shard job (no
+marker is written, so the job is redone whole when rerun).
 """
 
 from __future__ import annotations
@@ -33,6 +40,80 @@ TINY_MODEL_CONFIG: dict[str, Any] = {
 }
 RANDOM = "none"  # the `pretrained` value that asks for random weights
 PRECISIONS = ("fp32", "fp16", "bf16")
+# Messages of CUDA failures that are not out-of-memory: the device is gone or corrupt, and every
+# following video would fail too, so the job stops instead of writing failed records.
+_DEVICE_ERRORS = ("CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error",
+                  "device-side assert", "NCCL error", "CUDA driver")
+
+
+class DeviceFailure(Exception):
+    """The CLIP device failed (a CUDA error, or out of memory even at batch 1).
+
+    Not a RuntimeError on purpose: the job's per-video error handling (which turns a bad video
+    into a failed record) lets it through, so the shard job stops without its marker and is
+    redone whole on the next run.
+    """
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True for torch's out-of-memory error (CUDA or other accelerators)."""
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(err, oom) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+
+
+def is_device_error(err: BaseException) -> bool:
+    """True for a CUDA/accelerator failure other than out-of-memory."""
+    import torch
+
+    accel = getattr(torch, "AcceleratorError", None)
+    if accel is not None and isinstance(err, accel):
+        return True
+    return isinstance(err, RuntimeError) and any(m in str(err) for m in _DEVICE_ERRORS)
+
+
+def resolve_device(device: str, env: dict | None = None) -> str:
+    """The torch device a process uses for `clip.device`, checked before any work.
+
+    "cuda" means this process's GPU: cuda:LOCAL_RANK when LOCAL_RANK is set and several GPUs
+    are visible (torchrun-style launches), else cuda:0 (the usual one-GPU-per-process launch
+    with CUDA_VISIBLE_DEVICES=i). "cuda:N" is taken as given. The config keeps "cuda", so every
+    shard process of a node records the same config.
+
+    Raises:
+        ValueError: a CUDA device without CUDA (no GPU, no driver, or a CPU-only torch build),
+            or an index past the visible GPUs; the message says how to fix it.
+    """
+    import torch
+
+    device = str(device)
+    if not device.startswith("cuda"):
+        return device
+    env = os.environ if env is None else env
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"clip.device is {device!r} but torch sees no CUDA GPU (torch.cuda.is_available() "
+            f"is False: no GPU on this machine, no driver, CUDA_VISIBLE_DEVICES empty, or a "
+            f"CPU-only torch build {torch.__version__}). Run on a GPU node, or use --device cpu "
+            f"with clip.precision fp32 (configs/precompute/default.yaml)")
+    count = torch.cuda.device_count()
+    if device == "cuda":
+        rank = env.get("LOCAL_RANK")
+        index = int(rank) if rank not in (None, "") and count > 1 else 0
+    else:
+        try:
+            index = int(device.split(":", 1)[1])
+        except ValueError:
+            raise ValueError(f"clip.device {device!r} is not a device; use cpu, cuda or "
+                             f"cuda:N") from None
+    if not 0 <= index < count:
+        raise ValueError(f"clip.device {device!r} (LOCAL_RANK={env.get('LOCAL_RANK')}) asks for "
+                         f"GPU {index} but {count} are visible (CUDA_VISIBLE_DEVICES="
+                         f"{env.get('CUDA_VISIBLE_DEVICES')!r}); give each process one GPU "
+                         f"with CUDA_VISIBLE_DEVICES=i and clip.device: cuda")
+    return f"cuda:{index}"
 
 
 def register_tiny_model() -> str:
@@ -99,8 +180,9 @@ class ClipEmbedder:
         model_name: open_clip architecture name (see `resolve_model`).
         pretrained: tag, local checkpoint path, or "none" (random weights, logged as a WARNING;
             seeded with `seed` so two runs build the same model).
-        device: torch device string ("cpu", "cuda", "cuda:1").
-        batch_size: frames (or texts) per forward pass.
+        device: torch device string ("cpu", "cuda", "cuda:1"; see `resolve_device`).
+        batch_size: frames (or texts) per forward pass; halved (and logged) when a forward
+            runs out of GPU memory.
         precision: "fp32", "fp16" or "bf16" (the half types only on CUDA).
         seed: torch seed of the random initialisation when pretrained is "none".
     """
@@ -117,6 +199,7 @@ class ClipEmbedder:
         if precision != "fp32" and not str(device).startswith("cuda"):
             raise ValueError(f"clip.precision {precision!r} needs a CUDA device; use fp32 on "
                              f"{device}")
+        device = resolve_device(device)  # a clear error before the model is built
         name, source, self.model_info = resolve_model(model_name, pretrained)
         if self.model_info["pretrained"] == "random":
             logger.warning("CLIP %s built with RANDOM weights (pretrained=%r): embeddings and "
@@ -128,10 +211,11 @@ class ClipEmbedder:
         else:
             model = open_clip.create_model(name, pretrained=source)
         self.device = torch.device(device)
+        self.pin_memory = self.device.type == "cuda"  # page-locked uploads, copied async
         self.dtype = {"fp32": torch.float32, "fp16": torch.float16,
                       "bf16": torch.bfloat16}[precision]
         self.model = model.to(self.device, dtype=self.dtype).eval()
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # lowered for good when a batch runs out of memory
         self.tokenizer = open_clip.get_tokenizer(name)
         visual = self.model.visual
         if not isinstance(visual, open_clip.transformer.VisionTransformer):
@@ -167,7 +251,11 @@ class ClipEmbedder:
         import torch
         import torch.nn.functional as F
 
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(frames))
+        if self.pin_memory:
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        else:
+            x = x.to(self.device)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)
         th, tw = self.image_size
         h, w = x.shape[-2:]
@@ -217,8 +305,52 @@ class ClipEmbedder:
         patches = self._project(x[:, 1:])  # (B, T, D)
         return pooled, patches
 
+    def _chunked(self, n: int, step, what: str) -> list:
+        """[step(start, stop) for consecutive chunks of [0, n)], batch_size items per chunk.
+
+        A chunk that runs out of device memory is retried with half the batch (logged; the
+        smaller batch is kept for the rest of the run). Any other device error raises
+        DeviceFailure; other errors propagate unchanged.
+        """
+        out, start = [], 0
+        while start < n:
+            size = self.batch_size
+            try:
+                out.append(step(start, min(n, start + size)))
+            except DeviceFailure:
+                raise
+            except Exception as err:  # noqa: BLE001 - classified below, re-raised if unknown
+                self._handle_device_error(err, size, what)
+                continue
+            start += size
+        return out
+
+    def _handle_device_error(self, err: Exception, size: int, what: str) -> None:
+        """Halve the batch after an out-of-memory error; raise DeviceFailure or `err` otherwise."""
+        import torch
+
+        if is_out_of_memory(err):
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if size <= 1:
+                raise DeviceFailure(
+                    f"{self.device} ran out of memory embedding {what} even at batch 1; free "
+                    f"the GPU (another process on it?) or use a smaller model") from err
+            self.batch_size = max(1, size // 2)
+            logger.warning("%s out of memory on a batch of %d %s; retrying with batch %d (set "
+                           "clip.batch_size <= %d to avoid the retry)", self.device, size, what,
+                           self.batch_size, self.batch_size)
+            return
+        if is_device_error(err):
+            raise DeviceFailure(
+                f"the CLIP device {self.device} failed while embedding {what}: "
+                f"{str(err).strip().splitlines()[0][:300]}. The shard job stops unfinished (no "
+                f"marker is written); check the GPU (nvidia-smi) and rerun the same command to "
+                f"redo the job") from err
+        raise err
+
     def embed_images(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Global and projected patch-token embeddings of frames.
+        """Global and projected patch-token embeddings of frames (on the host).
 
         Args:
             frames: uint8 [K, H, W, 3] RGB.
@@ -230,20 +362,54 @@ class ClipEmbedder:
         import torch
         import torch.nn.functional as F
 
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be uint8 [K, H, W, 3], got {frames.dtype} "
-                             f"{frames.shape}")
-        glob, patch = [], []
+        _check_frames(frames)
+
+        def step(start: int, stop: int):
+            pooled, tokens = self._encode_images(self.preprocess(frames[start:stop]))
+            return (F.normalize(pooled.float(), dim=-1).cpu().numpy(),
+                    F.normalize(tokens.float(), dim=-1).cpu().numpy())
+
         with torch.inference_mode():
-            for start in range(0, frames.shape[0], self.batch_size):
-                pixels = self.preprocess(frames[start:start + self.batch_size])
-                pooled, tokens = self._encode_images(pixels)
-                glob.append(F.normalize(pooled.float(), dim=-1).cpu().numpy())
-                patch.append(F.normalize(tokens.float(), dim=-1).cpu().numpy())
-        if not glob:
+            chunks = self._chunked(frames.shape[0], step, "frames")
+        if not chunks:
             d, t = self.embed_dim, self.num_patches
             return np.zeros((0, d), np.float32), np.zeros((0, t, d), np.float32)
-        return np.concatenate(glob), np.concatenate(patch)
+        return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+
+    def embed_frames(self, videos: list[np.ndarray]):
+        """Embeddings of the frames of several videos, in large forwards, left on the device.
+
+        Each video's frames are uploaded (pinned memory on CUDA) and preprocessed on the device
+        (videos may differ in size); the preprocessed frames of all videos then go through the
+        image tower `batch_size` at a time.
+
+        Args:
+            videos: uint8 [K_i, H_i, W_i, 3] RGB frames per video.
+
+        Returns:
+            (global float32 [sum K_i, D], patch tokens float32 [sum K_i, T, D]) torch tensors on
+            the device, L2-normalised along D, in video order.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        for frames in videos:
+            _check_frames(frames)
+        with torch.inference_mode():
+            pixels = [self.preprocess(v) for v in videos]  # (K_i, 3, S, S) each
+            pixels = torch.cat(pixels) if pixels else torch.zeros(
+                (0, 3, *self.image_size), dtype=self.dtype, device=self.device)
+
+            def step(start: int, stop: int):
+                pooled, tokens = self._encode_images(pixels[start:stop])
+                return F.normalize(pooled.float(), dim=-1), F.normalize(tokens.float(), dim=-1)
+
+            chunks = self._chunked(pixels.shape[0], step, "frames")
+        if not chunks:
+            d, t = self.embed_dim, self.num_patches
+            return (torch.zeros((0, d), device=self.device),
+                    torch.zeros((0, t, d), device=self.device))
+        return torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
 
     @property
     def num_patches(self) -> int:
@@ -252,6 +418,22 @@ class ClipEmbedder:
         return int(gh * gw)
 
     # -- texts -------------------------------------------------------------------------------
+
+    def embed_texts_device(self, texts: list[str]):
+        """Text embeddings left on the device: torch float32 [N, D], L2-normalised."""
+        import torch
+        import torch.nn.functional as F
+
+        def step(start: int, stop: int):
+            tokens = self.tokenizer(list(texts[start:stop]))
+            feats = self.model.encode_text(tokens.to(self.device))
+            return F.normalize(feats.float(), dim=-1)
+
+        with torch.inference_mode():
+            out = self._chunked(len(texts), step, "texts")
+        if not out:
+            return torch.zeros((0, self.embed_dim), device=self.device)
+        return torch.cat(out)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """Text embeddings.
@@ -262,15 +444,10 @@ class ClipEmbedder:
         Returns:
             float32 [N, D], L2-normalised.
         """
-        import torch
-        import torch.nn.functional as F
+        return self.embed_texts_device(texts).cpu().numpy()
 
-        out = []
-        with torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
-                tokens = self.tokenizer(list(texts[start:start + self.batch_size]))
-                feats = self.model.encode_text(tokens.to(self.device))
-                out.append(F.normalize(feats.float(), dim=-1).cpu().numpy())
-        if not out:
-            return np.zeros((0, self.embed_dim), np.float32)
-        return np.concatenate(out)
+
+def _check_frames(frames: np.ndarray) -> None:
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 [K, H, W, 3], got {frames.dtype} "
+                         f"{frames.shape}")

@@ -5,7 +5,7 @@ config hash, so a shard job finished under one config is never mistaken for one 
 
 YAML layout (every key optional; defaults below)::
 
-    sampling:  {num_frames: 32, fps: null, max_frames: 256, short_side: 224}
+    sampling:  {num_frames: 32, fps: null, max_frames: 256, short_side: 224, decoder: decord}
     scenes:    {detector: adaptive, params: {}, min_scene_len: 15, downscale_width: 256}
     clip:      {model: ViT-B-32, pretrained: openai, device: cpu, batch_size: 32,
                 precision: fp32, seed: 0}
@@ -14,8 +14,13 @@ YAML layout (every key optional; defaults below)::
     fusion:    {preset: cfr, w_uniform: 0.1, w_scene: 1.0, w_semantic: 3.0, w_novelty: 0,
                 temperature: 0.1,
                 semantic_top_frac: 0.25}
-    decode:    {timeout_s: 300, prefetch: 2}
+    decode:    {timeout_s: 300, prefetch: 2, workers: auto}
     shards:    {max_videos: 1000, max_bytes: 1073741824}
+
+Settings that only decide how fast a run goes, never what it writes, are left out of the
+recorded config (`RUNTIME_ONLY`): `decode.workers` (the parts of a video merge into exactly what
+one pass gives). So shard processes on machines of different sizes build one cache, and caches
+stay byte-identical whatever the core count.
 """
 
 from __future__ import annotations
@@ -75,16 +80,31 @@ class DecodeConfig:
     Args:
         timeout_s: per-video decode timeout in seconds (enforced; the video then fails).
         prefetch: videos decoded ahead of the CLIP pass.
+        workers: decode processes, "auto" (the cores this process may use, divided by
+            LOCAL_WORLD_SIZE when several processes share the node; see
+            precompute.worker.default_workers) or an int >= 1. Long videos are split into up
+            to this many parts decoded at once. Not recorded in the cache (speed only).
     """
 
     timeout_s: float = 300.0
     prefetch: int = 2
+    workers: int | str = "auto"
 
     def __post_init__(self):
         if not isinstance(self.timeout_s, int | float) or not self.timeout_s > 0:
             raise ValueError(f"decode.timeout_s must be > 0 seconds, got {self.timeout_s!r}")
         if not isinstance(self.prefetch, int) or self.prefetch < 0:
             raise ValueError(f"decode.prefetch must be an int >= 0, got {self.prefetch!r}")
+        if self.workers != "auto" and (not isinstance(self.workers, int)
+                                       or isinstance(self.workers, bool) or self.workers < 1):
+            raise ValueError(f"decode.workers must be 'auto' or an int >= 1 (decode "
+                             f"processes), got {self.workers!r}")
+
+    def num_workers(self) -> int:
+        """The number of decode processes this run uses."""
+        from .worker import default_workers
+
+        return default_workers() if self.workers == "auto" else int(self.workers)
 
 
 @dataclass
@@ -105,6 +125,12 @@ class ShardConfig:
         if not isinstance(self.max_bytes, int) or self.max_bytes < 1:
             raise ValueError(f"shards.max_bytes must be an int >= 1, got {self.max_bytes!r}")
 
+
+# section -> fields left out of the recorded (hashed) config: they change speed, not results.
+RUNTIME_ONLY: dict[str, tuple[str, ...]] = {"decode": ("workers",)}
+# section -> {field: default} recorded only when set to something else: fields added after
+# caches existed, so the caches built without them keep their config hash.
+RECORDED_IF_SET: dict[str, dict[str, Any]] = {"sampling": {"decoder": "decord"}}
 
 SECTIONS: dict[str, type] = {
     "sampling": SamplingConfig,
@@ -194,8 +220,18 @@ class PrecomputeConfig:
                                                                 "dataset sampling"))
 
     def to_dict(self) -> dict:
-        """Plain JSON data of every section (recorded in the cache; hashed)."""
-        return {name: _plain(dataclasses.asdict(getattr(self, name))) for name in SECTIONS}
+        """Plain JSON data of every section (recorded in the cache; hashed), without the
+        `RUNTIME_ONLY` fields."""
+        out = {}
+        for name in SECTIONS:
+            data = _plain(dataclasses.asdict(getattr(self, name)))
+            for key in RUNTIME_ONLY.get(name, ()):
+                data.pop(key, None)
+            for key, default in RECORDED_IF_SET.get(name, {}).items():
+                if data.get(key) == default:
+                    data.pop(key)
+            out[name] = data
+        return out
 
 
 def _plain(value: Any) -> Any:

@@ -9,12 +9,18 @@ manifest.
 Per video: one decode pass in a worker process (precompute/worker.py, enforced timeout), CLIP on
 the K sampled frames and on the question queries, the saliences (METHOD §2) and the fused prior
 (§3). A video that cannot be decoded or processed becomes a failed record, never a crash.
+
+Decoded videos are scored in groups of about `clip.batch_size` frames: their frames go through
+one CLIP forward. On a GPU the embeddings stay there, the semantic scores are computed there
+(saliences.semantic_raw_device) and only the global embeddings, text embeddings and raw scores
+come back; on the CPU the numpy path (saliences.semantic_raw) scores them. A GPU that fails
+(precompute.clip.DeviceFailure) stops the job without its marker: rerunning redoes it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from importlib import metadata
@@ -31,7 +37,12 @@ from cache_format.writer import marker_name
 from .config import PrecomputeConfig
 from .datasets import Dataset, VideoItem
 from .decode import DecodedVideo, VideoDecodeError
-from .saliences import question_saliences, scene_salience, semantic_queries
+from .saliences import (
+    question_saliences,
+    scene_salience,
+    semantic_queries,
+    semantic_raw_device,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +58,12 @@ def assign_jobs(video_ids: list[str], num_jobs: int) -> list[list[str]]:
     return [ids[i::num_jobs] for i in range(num_jobs)]
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that shape the records (recorded in the cache)."""
+def library_versions(decoder: str = "decord") -> dict[str, str]:
+    """Versions of the libraries that shape the records (recorded in the cache); PyAV's only
+    when it scans (sampling.decoder: pyav)."""
     out = {}
-    for key, dist in VERSIONED.items():
+    versioned = {**VERSIONED, "av": "av"} if decoder == "pyav" else VERSIONED
+    for key, dist in versioned.items():
         try:
             out[key] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -104,10 +117,14 @@ class Precomputer:
         num_jobs: N, the number of shard jobs.
         embedder_factory: builds the CLIP embedder from the ClipConfig (tests pass their own);
             called at most once, and only when a job actually has to run.
+        device_scores: compute the semantic scores with torch on the embedder's device (True),
+            with numpy on the host (False), or None: on the device unless it is the CPU (the
+            numpy path keeps CPU caches as they were; tests compare both).
     """
 
     def __init__(self, config: PrecomputeConfig, dataset: Dataset, cache_dir: str | Path,
-                 num_jobs: int = 1, embedder_factory: Callable | None = None):
+                 num_jobs: int = 1, embedder_factory: Callable | None = None,
+                 device_scores: bool | None = None):
         self.config = config
         self.dataset = dataset
         self.cache_dir = Path(cache_dir)
@@ -115,6 +132,7 @@ class Precomputer:
         self.record = recorded_config(config, dataset)
         self._factory = embedder_factory or default_embedder
         self._embedder = None
+        self.device_scores = device_scores
         self._videos = {v.video_id: v for v in dataset.videos}
         self.jobs = assign_jobs(list(self._videos), self.num_jobs)
 
@@ -149,6 +167,10 @@ class Precomputer:
         if job_done(self.cache_dir, self.record, job_index, self.num_jobs):
             logger.info("job %d of %d already done; skipped", job_index, self.num_jobs)
             return JobResult(job_index, "skipped")
+        if self._embedder is None and self._factory is default_embedder:
+            from .clip import resolve_device
+
+            resolve_device(self.config.clip.device)  # no GPU for clip.device cuda: say so now
         videos = [self._videos[v] for v in self.jobs[job_index]]
         result = JobResult(job_index, "done")
         cfg = self.config
@@ -156,18 +178,20 @@ class Precomputer:
         from .worker import DecodePool
 
         with DecodePool(cfg.sampling, cfg.scenes, timeout_s=cfg.decode.timeout_s,
-                        prefetch=max(1, cfg.decode.prefetch)) as pool, ExitStack() as stack:
-            pool.start(wait=False)  # the decode workers import their libraries while CLIP loads
+                        prefetch=max(1, cfg.decode.prefetch),
+                        num_workers=cfg.decode.num_workers()) as pool, ExitStack() as stack:
+            # the decode workers import their libraries while CLIP loads (no more than needed)
+            pool.start(wait=False, limit=len(items))
             emb = self.embedder
             writer = stack.enter_context(ShardWriter(
                 self.cache_dir, self.record, embed_dim=emb.embed_dim, model=emb.model_info,
-                job_index=job_index, num_jobs=self.num_jobs, library_versions=library_versions(),
+                job_index=job_index, num_jobs=self.num_jobs,
+                library_versions=library_versions(cfg.sampling.decoder),
                 max_videos=cfg.shards.max_videos, max_bytes=cfg.shards.max_bytes))
             decoded = stack.enter_context(closing(pool.decode(items)))
             bar = tqdm(decoded, total=len(items), unit="video",
                        desc=f"job {job_index + 1}/{self.num_jobs}")
-            for (video, _path), out in bar:
-                record, questions = self.process(video, out)
+            for video, record, questions in self._records(bar):
                 if record.ok:
                     writer.add(record, questions)
                 else:
@@ -177,6 +201,62 @@ class Precomputer:
                 result.questions += len(questions)
                 bar.set_postfix(failed=result.failed)
         return result
+
+    def _records(self, decoded) -> Iterator[tuple[VideoItem, VideoRecord,
+                                                   list[QuestionRecord]]]:
+        """(video, record, question records) in input order, scored in groups of about
+        `clip.batch_size` frames (a group closes once it holds that many)."""
+        group: list[tuple[VideoItem, DecodedVideo | VideoDecodeError]] = []
+        frames = 0
+        for (video, _path), out in decoded:
+            group.append((video, out))
+            frames += len(out.frame_indices) if isinstance(out, DecodedVideo) else 0
+            if frames >= self.config.clip.batch_size:
+                yield from self.process_group(group)
+                group, frames = [], 0
+        yield from self.process_group(group)
+
+    def process_group(self, group: list[tuple[VideoItem, DecodedVideo | VideoDecodeError]]
+                      ) -> list[tuple[VideoItem, VideoRecord, list[QuestionRecord]]]:
+        """Records of several decoded videos, their frames embedded together.
+
+        If the batched pass fails for a reason other than the device (e.g. one odd video), each
+        video is redone alone, so only the bad one becomes a failed record.
+
+        Raises:
+            DeviceFailure: the GPU failed (the job must stop unfinished).
+        """
+        from .clip import DeviceFailure, is_device_error
+
+        ok = [(v, d) for v, d in group if isinstance(d, DecodedVideo)]
+        scored: dict[int, tuple[VideoRecord, list[QuestionRecord]]] = {}
+        if len(ok) > 1 or (ok and self._on_device()):
+            try:
+                for (video, _dv), out in zip(ok, self._score_many(ok)):
+                    scored[id(video)] = out
+            except DeviceFailure:
+                raise
+            except (ValueError, RuntimeError) as err:
+                if is_device_error(err):
+                    raise DeviceFailure(f"the CLIP device failed while scoring "
+                                        f"{[v.video_id for v, _ in ok]}: {err}; the shard job "
+                                        f"stops unfinished, rerun it to redo it") from err
+                logger.warning("scoring %d videos together failed (%s: %s); scoring them one "
+                               "by one", len(ok), type(err).__name__, err)
+                scored = {}
+        out = []
+        for video, dv in group:
+            if id(video) in scored:
+                out.append((video, *scored[id(video)]))
+            else:
+                out.append((video, *self.process(video, dv)))
+        return out
+
+    def _on_device(self) -> bool:
+        if self.device_scores is not None:
+            return self.device_scores
+        device = getattr(self.embedder, "device", None)
+        return device is not None and getattr(device, "type", "cpu") != "cpu"
 
     def process(self, video: VideoItem, decoded: DecodedVideo | VideoDecodeError
                 ) -> tuple[VideoRecord, list[QuestionRecord]]:
@@ -188,17 +268,80 @@ class Precomputer:
             error = str(decoded).replace(str(video.abs_path), video.path)
             return VideoRecord.failed(video.video_id, video.path, error, digest), []
         try:
+            if self._on_device():
+                return self._score_many([(video, decoded)], [digest])[0]
             return self._score(video, decoded, digest)
         except (ValueError, RuntimeError) as err:  # this video's failure, not the job's
+            from .clip import DeviceFailure, is_device_error
+
+            if is_device_error(err):
+                raise DeviceFailure(f"the CLIP device failed on {video.video_id}: {err}; the "
+                                    f"shard job stops unfinished, rerun it to redo it") from err
             logger.exception("video %s failed while embedding/scoring", video.video_id)
             return VideoRecord.failed(video.video_id, video.path,
                                       f"{type(err).__name__} while embedding/scoring: {err}",
                                       digest), []
 
+    def _score_many(self, items: list[tuple[VideoItem, DecodedVideo]],
+                    digests: list[str] | None = None
+                    ) -> list[tuple[VideoRecord, list[QuestionRecord]]]:
+        """Records of several videos: one batched CLIP pass over all their frames and texts.
+
+        With device scores the patch tokens never leave the device: what comes back is the
+        global embeddings (float32 [K, D] per video), the text embeddings and the raw semantic
+        scores (float32 [K] per question). Otherwise the numpy path scores on the host.
+        """
+        import torch
+
+        emb, cfg = self.embedder, self.config
+        digests = digests or [content_hash(v.abs_path) for v, _ in items]
+        queries = [[semantic_queries(q.question, q.options, cfg.saliences.option_queries)
+                    for q in v.questions] for v, _ in items]
+        flat = [t for per_video in queries for qs in per_video for t in qs]
+        on_device = self._on_device()
+        glob_d, patch_d = emb.embed_frames([dv.frames for _, dv in items])  # (sum K, D|T,D)
+        text_d = emb.embed_texts_device(flat)  # (sum Q, D)
+        out, f0, t0 = [], 0, 0
+        for (video, dv), qs, digest in zip(items, queries, digests):
+            k, nq = len(dv.frame_indices), sum(len(x) for x in qs)
+            g, p = glob_d[f0:f0 + k], patch_d[f0:f0 + k]
+            t = text_d[t0:t0 + nq]
+            f0, t0 = f0 + k, t0 + nq
+            if on_device:
+                with torch.inference_mode():
+                    raw = semantic_raw_device(g, p if cfg.saliences.patch_tokens else None, t,
+                                              [len(x) for x in qs], cfg.saliences.aggregation)
+                raws = list(raw.cpu().numpy().astype(np.float64))
+                out.append(self._records_of(video, dv, digest, g.cpu().numpy(), None,
+                                            t.cpu().numpy(), qs, raws))
+            else:
+                out.append(self._records_of(video, dv, digest, g.cpu().numpy(),
+                                            p.cpu().numpy(), t.cpu().numpy(), qs))
+        return out
+
     def _score(self, video: VideoItem, dv: DecodedVideo, digest: str
                ) -> tuple[VideoRecord, list[QuestionRecord]]:
         emb, cfg = self.embedder, self.config
         glob, patches = emb.embed_images(dv.frames)  # (K, D), (K, T, D)
+        queries = [semantic_queries(q.question, q.options, cfg.saliences.option_queries)
+                   for q in video.questions]
+        text = emb.embed_texts([t for qs in queries for t in qs])  # (sum Q, D)
+        return self._records_of(video, dv, digest, glob, patches, text, queries)
+
+    def _records_of(self, video: VideoItem, dv: DecodedVideo, digest: str, glob: np.ndarray,
+                    patches: np.ndarray | None, text: np.ndarray, queries: list[list[str]],
+                    raws: list[np.ndarray] | None = None
+                    ) -> tuple[VideoRecord, list[QuestionRecord]]:
+        """The video record and its question records from the embeddings.
+
+        Args:
+            glob: float32 [K, D] normalised frame embeddings.
+            patches: float32 [K, T, D] patch tokens (host path), or None with `raws`.
+            text: float32 [sum Q, D] query embeddings, questions in order.
+            queries: each question's queries.
+            raws: float64 [K] raw semantic scores per question, already computed (device path).
+        """
+        cfg = self.config
         scene = scene_salience(glob, dv.frame_indices, dv.scenes,
                                cfg.saliences.scene_temperature)
         record = VideoRecord(
@@ -207,15 +350,12 @@ class Precomputer:
             frame_indices=dv.frame_indices, timestamps=dv.timestamps, scenes=dv.scenes,
             frame_scene=scene.frame_scene, scene_rep=scene.scene_rep,
             embeddings=glob.astype(np.float16))
-        queries = [semantic_queries(q.question, q.options, cfg.saliences.option_queries)
-                   for q in video.questions]
-        flat = [t for qs in queries for t in qs]
-        text = emb.embed_texts(flat)  # (sum Q, D)
         out, start = [], 0
-        for q, qs in zip(video.questions, queries):
+        for i, (q, qs) in enumerate(zip(video.questions, queries)):
             t = text[start:start + len(qs)]  # (Q, D); row 0 is the question itself
             start += len(qs)
-            sal = question_saliences(scene, glob, patches, t, cfg.saliences, cfg.fusion)
+            sal = question_saliences(scene, glob, patches, t, cfg.saliences, cfg.fusion,
+                                     raw=None if raws is None else raws[i])
             out.append(QuestionRecord(
                 video_id=video.video_id, question_id=q.question_id, question=q.question,
                 options=list(q.options), answer=q.answer, problem_type=q.problem_type,

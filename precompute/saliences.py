@@ -16,7 +16,9 @@ Pure numpy over embeddings the CLIP pass already made, so the rules are testable
   the K frames, all equal → all 1.
 
 Fusion (every preset, the novelty source and min-max) is cache_format.fusion, never
-reimplemented here.
+reimplemented here. `semantic_raw_device` is the same raw score in torch, for embeddings that
+stay on the GPU (all questions of a video at once); it equals `semantic_raw` within float32
+rounding.
 """
 
 from __future__ import annotations
@@ -183,9 +185,48 @@ def semantic_raw(global_emb: np.ndarray, patch_emb: np.ndarray | None, text_emb:
     return pooled.max(axis=1)
 
 
+def semantic_raw_device(global_emb, patch_emb, text_emb, query_counts: list[int],
+                        aggregation: str = "max"):
+    """`semantic_raw` of several questions of one video, in torch on the tensors' device.
+
+    Args:
+        global_emb: torch float [K, D] frame embeddings.
+        patch_emb: torch float [K, T, D] projected patch tokens, or None (global view only).
+        text_emb: torch float [sum Q, D] the queries of every question, question by question.
+        query_counts: Q of each question (sums to text_emb's rows).
+        aggregation: "max" (METHOD) or "mean" over the 1 + T views.
+
+    Returns:
+        torch float32 [len(query_counts), K] on the same device (computed in float32).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation {aggregation!r} unknown; use one of {AGGREGATIONS}")
+    if sum(query_counts) != text_emb.shape[0] or min(query_counts, default=1) < 1:
+        raise ValueError(f"query_counts {query_counts} do not split {text_emb.shape[0]} "
+                         f"queries into questions of >= 1 query")
+    views = F.normalize(global_emb.float(), dim=-1)[:, None, :]  # (K, 1, D)
+    if patch_emb is not None and patch_emb.shape[1] > 0:
+        views = torch.cat([views, F.normalize(patch_emb.float(), dim=-1)], dim=1)  # (K, V, D)
+    t = F.normalize(text_emb.float(), dim=-1)  # (sum Q, D)
+    cos = torch.matmul(views, t.T)  # (K, V, sum Q)
+    pooled = cos.amax(dim=1) if aggregation == "max" else cos.mean(dim=1)  # (K, sum Q)
+    if not query_counts:
+        return pooled.new_zeros((0, views.shape[0]))
+    # max over each question's queries: pad the ragged groups with -inf, one reduction
+    index = torch.repeat_interleave(torch.arange(len(query_counts), device=pooled.device),
+                                    torch.tensor(query_counts, device=pooled.device))
+    out = pooled.new_full((len(query_counts), pooled.shape[0]), float("-inf"))
+    out.scatter_reduce_(0, index[:, None].expand(-1, pooled.shape[0]), pooled.T, "amax")
+    return out
+
+
 def question_saliences(scene: SceneSaliences, global_emb: np.ndarray,
                        patch_emb: np.ndarray | None, text_emb: np.ndarray,
-                       config: SalienceConfig, fusion: FusionConfig) -> QuestionSaliences:
+                       config: SalienceConfig, fusion: FusionConfig,
+                       raw: np.ndarray | None = None) -> QuestionSaliences:
     """All saliences of one question and the fused consensus prior.
 
     Args:
@@ -195,13 +236,20 @@ def question_saliences(scene: SceneSaliences, global_emb: np.ndarray,
         text_emb: float [Q, D] embeddings of `semantic_queries(...)`.
         config: salience settings.
         fusion: fusion preset (cache_format.fusion).
+        raw: float [K] raw semantic scores already computed (`semantic_raw_device`); then
+            `patch_emb` is not used.
 
     Returns:
         QuestionSaliences, float32 [K] each; prior >= 0 and sums to 1.
     """
     k = global_emb.shape[0]
-    raw = semantic_raw(global_emb, patch_emb if config.patch_tokens else None, text_emb,
-                       config.aggregation)
+    if raw is None:
+        raw = semantic_raw(global_emb, patch_emb if config.patch_tokens else None, text_emb,
+                           config.aggregation)
+    else:
+        raw = np.asarray(raw, dtype=np.float64)
+        if raw.shape != (k,):
+            raise ValueError(f"raw semantic scores have shape {raw.shape}, expected ({k},)")
     uniform = uniform_salience(k)
     semantic = minmax(raw)
     # novelty from the embeddings as the cache stores them (float16), so a re-fuse matches

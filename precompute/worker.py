@@ -12,10 +12,10 @@ supervisor thread in the parent:
 * keeps up to `prefetch` decoded videos ready, so the caller's CLIP pass on video i (main
   process) overlaps the decoding of videos i+1, i+2 (worker processes).
 
-With `num_workers` P > 1 (default: one per core, at most 2), each video is decoded as P parts
-(decode.decode_part: a long video's time range split in P, a short one left whole), one part
-per worker at once, and the parts are merged into the same DecodedVideo a single pass gives.
-Parts of the next videos fill workers that finish early.
+With `num_workers` P > 1 (default: one per available core, see `default_workers`), each video
+is decoded as min(P, MAX_PARTS) parts (decode.decode_part: a long video's time range split,
+a short one left whole), one part per worker at once, and the parts are merged into the same
+DecodedVideo a single pass gives. Parts of the next videos fill workers that finish early.
 
 Results come back IN INPUT ORDER. Test hook: the environment variable
 VIDEOCFR_DEBUG_DECODE_FAULT="hang:<substring>;crash:<substring>" makes the worker sleep forever
@@ -196,7 +196,7 @@ class _Supervisor(threading.Thread):
         self.timeout_s = pool.timeout_s
         self.prefetch = pool.prefetch
         self.workers = pool.workers  # shared: a killed worker is replaced in the pool too
-        self.num_parts = len(pool.workers)
+        self.num_parts = min(len(pool.workers), MAX_PARTS)
         self.out: queue.Queue = queue.Queue(maxsize=pool.prefetch)
         self.stop = threading.Event()
 
@@ -309,9 +309,33 @@ class _Supervisor(threading.Thread):
                     self.workers[w] = None
 
 
-def default_workers() -> int:
-    """Decode processes: one per core, at most 2 (the CLIP pass needs the main process too)."""
-    return max(1, min(2, os.cpu_count() or 1))
+# Parts a video is split into at most. Every part probes the file (open, index, first frame)
+# before it knows whether the video is long enough to have it, so with dozens of workers a short
+# video would be probed dozens of times; many videos in flight keep the cores busy instead.
+MAX_PARTS = 4
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity: taskset, SLURM, cgroups cpusets)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_workers(env: dict | None = None) -> int:
+    """Decode processes: one per available core, shared out among the node's processes.
+
+    With LOCAL_WORLD_SIZE = P processes on the node (torchrun sets it; set it yourself when
+    launching one process per GPU by hand), each gets cores // P. A node where each process
+    is pinned to its own cores (taskset, SLURM --cpus-per-task) needs no LOCAL_WORLD_SIZE.
+    """
+    env = os.environ if env is None else env
+    try:
+        share = max(1, int(env.get("LOCAL_WORLD_SIZE") or 1))
+    except ValueError:
+        share = 1
+    return max(1, available_cores() // share)
 
 
 class DecodePool:
@@ -339,7 +363,7 @@ class DecodePool:
         workers = default_workers() if num_workers is None else num_workers
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"num_workers must be an int >= 1, got {workers!r}")
-        threads = max(1, (os.cpu_count() or 1) // workers) if num_threads is None else num_threads
+        threads = max(1, available_cores() // workers) if num_threads is None else num_threads
         self.timeout_s, self.prefetch = timeout_s, prefetch
         self.ctx = mp.get_context(mp_context)
         self.args = (sampling or SamplingConfig(), scenes_cfg or SceneConfig(), threads,
@@ -413,8 +437,8 @@ def iter_decoded(items: Iterable[tuple[Any, str | os.PathLike]],
             besides the one the caller holds).
         num_threads: decoder threads per worker (default: the cores left per worker).
         mp_context: "spawn" (default) or "forkserver"; never "fork" once torch is loaded.
-        num_workers: decode processes, and the parts a long video is split into (default
-            `default_workers()`).
+        num_workers: decode processes, and the parts a long video is split into (at most
+            MAX_PARTS; default `default_workers()`).
         min_part_frames: a video is split only into parts of at least this many frames.
 
     Yields:
