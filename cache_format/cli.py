@@ -31,6 +31,7 @@ STAGES = {
 
 def _info(args) -> int:
     cache = Cache(args.cache)
+    cache.keys()  # every shard's structure and ids checked before anything is reported
     m = cache.manifest
     info = {"path": str(cache.path), "schema_version": m["schema_version"],
             "config_hash": m["config_hash"], "model": m["model"], "embed_dim": m["embed_dim"],

@@ -6,9 +6,6 @@ import json
 import re
 from pathlib import Path, PurePosixPath
 
-import h5py
-import numpy as np
-
 from . import schema
 from .schema import CacheError, SchemaError
 from .storage import as_path
@@ -100,52 +97,3 @@ def load_manifest(cache_dir: str | Path) -> dict:
 
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not allowed in a manifest")
-
-
-def _dtype_ok(ds: h5py.Dataset, want: str) -> bool:
-    if want == schema.STR:
-        info = h5py.check_string_dtype(ds.dtype)
-        return info is not None and info.length is None
-    return ds.dtype == np.dtype(want)
-
-
-def check_shard_structure(f: h5py.File, *, config_hash: str | None, embed_dim: int | None,
-                          where: str) -> dict[str, int]:
-    """Check attrs, datasets, dtypes, shapes and table lengths of an open shard (metadata only).
-
-    Returns:
-        Row counts {"videos", "frames", "scenes", "questions", "qframes", "aliases"}.
-
-    Raises:
-        SchemaError naming the shard and the first problem.
-    """
-    for key in schema.SHARD_ATTRS:
-        if key not in f.attrs:
-            raise SchemaError(f"{where}: attribute {key!r} is missing")
-    fmt = f.attrs["format"]
-    if (fmt.decode() if isinstance(fmt, bytes) else fmt) != schema.FORMAT_NAME:
-        raise SchemaError(f"{where}: format attribute is {fmt!r}, not {schema.FORMAT_NAME!r}")
-    schema.check_version(int(f.attrs["schema_version"]), where)
-    found_hash = f.attrs["config_hash"]
-    found_hash = found_hash.decode() if isinstance(found_hash, bytes) else str(found_hash)
-    schema.check_config_hash(found_hash, config_hash, where)
-    dim = int(f.attrs["embed_dim"])
-    if embed_dim is not None and dim != embed_dim:
-        raise SchemaError(f"{where}: embed_dim {dim} differs from the manifest's {embed_dim}")
-    rows: dict[str, int] = {}
-    for name, (want, tail) in schema.SHARD_DATASETS.items():
-        obj = f.get(name)
-        if not isinstance(obj, h5py.Dataset):
-            raise SchemaError(f"{where}: dataset {name!r} is missing")
-        if not _dtype_ok(obj, want):
-            raise SchemaError(f"{where}: dataset {name!r} has dtype {obj.dtype}, expected {want}")
-        shape = tuple(dim if t == "D" else t for t in tail)
-        if obj.ndim != 1 + len(shape) or tuple(obj.shape[1:]) != shape:
-            raise SchemaError(f"{where}: dataset {name!r} has shape {obj.shape}, expected "
-                              f"(N, {', '.join(map(str, shape))})".replace(", )", ")"))
-        table = name.split("/")[0]
-        n = obj.shape[0] - (1 if name.endswith("_offset") else 0)
-        if rows.setdefault(table, n) != n:
-            raise SchemaError(f"{where}: dataset {name!r} has {n} rows, its table {table!r} "
-                              f"has {rows[table]}")
-    return rows

@@ -12,9 +12,10 @@ import h5py
 import numpy as np
 
 from . import schema
-from .manifest import check_shard_structure, load_manifest, safe_member_path
+from .manifest import load_manifest, safe_member_path
 from .records import QuestionRecord, VideoRecord
 from .storage import as_path, open_h5
+from .structure import StructureError, check_ids, check_shard
 
 Key = tuple[str, str]
 
@@ -106,7 +107,7 @@ class Cache:
             except OSError as err:
                 raise schema.SchemaError(f"{self._shards[i]} is not a readable HDF5 shard: "
                                          f"{err}") from err
-            check_shard_structure(f, config_hash=self.config_hash, embed_dim=self.embed_dim,
+            check_shard(f, config_hash=self.config_hash, embed_dim=self.embed_dim,
                                   where=str(self._shards[i]))
             self._files[i] = f
         return f
@@ -121,22 +122,37 @@ class Cache:
             videos: dict[str, tuple[int, int]] = {}
             for i in range(len(self._shards)):
                 f = self.file(i)
+                where = str(self._shards[i])
                 vids = f["videos/video_id"].asstr()[()]
+                check_ids(vids, "videos/video_id", where)
                 status = f["videos/status"].asstr()[()]
                 for row, (vid, st) in enumerate(zip(vids, status)):
                     if vid in videos:
-                        raise schema.SchemaError(f"video {vid!r} appears in two shards")
+                        raise StructureError(where, "duplicate-key", f"videos/video_id[{row}]",
+                                             f"video {vid!r} appears twice in the cache")
                     videos[vid] = (i, row)
                     self._by_video.setdefault(vid, [])
                     if st != "ok":
                         self._failed[vid] = str(f["videos/error"].asstr()[row])
-                for alias, row in zip(f["aliases/video_id"].asstr()[()],
-                                      f["aliases/video_row"][()]):
+                aliases = f["aliases/video_id"].asstr()[()]
+                check_ids(aliases, "aliases/video_id", where)
+                for j, (alias, row) in enumerate(zip(aliases, f["aliases/video_row"][()])):
+                    if alias in videos:
+                        raise StructureError(where, "duplicate-key", f"aliases/video_id[{j}]",
+                                             f"alias {alias!r} is already a video id")
                     videos[alias] = (i, int(row))
                     self._by_video.setdefault(alias, [])
                 qv = f["questions/video_id"].asstr()[()]
                 qq = f["questions/question_id"].asstr()[()]
+                check_ids(qq, "questions/question_id", where)
                 for row, key in enumerate(zip(qv, qq)):
+                    if key[0] not in self._by_video:
+                        raise StructureError(where, "row-pointer", f"questions/video_id[{row}]",
+                                             f"names video {key[0]!r}, which the cache lacks")
+                    if key in self._questions:
+                        raise StructureError(where, "duplicate-key",
+                                             f"questions/question_id[{row}]",
+                                             f"question {key!r} appears twice in the cache")
                     self._questions[key] = (i, row)
                     self._by_video[key[0]].append(key[1])
             self._videos = videos

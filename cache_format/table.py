@@ -22,6 +22,7 @@ import numpy as np
 
 from . import schema
 from .reader import Cache, Key, missing_key_error
+from .structure import StructureError, check_ids
 
 _MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant; low bits of a product depend on low bits only
 
@@ -57,8 +58,12 @@ def _build_slots(hv: np.ndarray, hq: np.ndarray, start: np.ndarray,
         cand, cp = pending[free], p[free]
         taken, first = np.unique(cp, return_index=True)  # the earliest key wins each slot
         owner[taken] = cand[first]
+        winner = owner[cp]  # a key that lost a free slot to an equal key is a duplicate too
+        twin = (winner != cand) & (hv[winner] == hv[cand]) & (hq[winner] == hq[cand])
+        duplicates += int(twin.sum())
         lost = ~same
         lost[np.flatnonzero(free)[first]] = False
+        lost[np.flatnonzero(free)[twin]] = False
         pending = pending[lost]
         pos[pending] = (pos[pending] + 1) & mask
     slots = np.zeros((size, 4), np.int64)
@@ -99,9 +104,9 @@ class PriorTable:
         self._mask = self._slots.shape[0] - 1
         if duplicates:
             if len(set(zip(self._vids, self._qids))) != n:
-                raise schema.SchemaError(f"{duplicates} (video_id, question_id) keys appear "
-                                         f"twice in the cache; `videocfr cache verify` checks "
-                                         f"each shard")
+                raise StructureError("cache", "duplicate-key", "questions/question_id",
+                                     f"{duplicates} (video_id, question_id) keys appear twice "
+                                     f"in the cache")
             raise schema.CacheError("two keys share a string hash pair; rerun (hashes are "
                                     "keyed per process) and report it")
 
@@ -122,19 +127,16 @@ class PriorTable:
         for i, shard in enumerate(cache.shard_paths):
             f = cache.file(i)
             prior = f["qframes/prior"][()]
-            off = f["questions/frame_offset"][()]
-            if off[0] != 0 or off[-1] != prior.shape[0] or np.any(np.diff(off) <= 0):
-                raise schema.SchemaError(f"{shard}: questions/frame_offset does not partition "
-                                         f"qframes/prior")
+            off = f["questions/frame_offset"][()]  # checked by check_shard (in cache.file)
             names = f["videos/video_id"].asstr()[()]
+            check_ids(names, "videos/video_id", str(shard))
             if f["aliases/video_id"].shape[0]:  # merged caches: a question may name an alias
                 vids += f["questions/video_id"].asstr()[()].tolist()
-            else:  # decode each video id once, not once per question
-                rows = f["questions/video_row"][()]
-                if rows.size and (rows.min() < 0 or rows.max() >= names.shape[0]):
-                    raise schema.SchemaError(f"{shard}: questions/video_row out of range")
-                vids += names[rows].tolist()
-            qids += f["questions/question_id"].asstr()[()].tolist()
+            else:  # decode each video id once, not once per question (video_row is checked)
+                vids += names[f["questions/video_row"][()]].tolist()
+            shard_qids = f["questions/question_id"].asstr()[()]
+            check_ids(shard_qids, "questions/question_id", str(shard))
+            qids += shard_qids.tolist()
             bounds.append(np.stack([off[:-1], off[1:]], 1) + base)
             status = f["videos/status"].asstr()[()]
             for row in np.flatnonzero(status != "ok"):

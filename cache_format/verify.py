@@ -11,8 +11,10 @@ import numpy as np
 from . import schema
 from .additions import verify_additions
 from .io import sha256_file
-from .manifest import check_shard_structure, load_manifest, safe_member_path
+from .manifest import load_manifest, safe_member_path
+from .reader import Cache
 from .storage import as_path, open_h5
+from .structure import StructureError, check_shard
 
 ATOL = 1e-5
 
@@ -23,9 +25,11 @@ class Problem:
 
     where: str
     reason: str
+    kind: str = "value"  # structure.KINDS for structural refusals; else checksum/value/...
 
     def __str__(self) -> str:
-        return f"{self.where}: {self.reason}"
+        tag = "" if self.kind == "value" else f"[{self.kind}] "
+        return f"{self.where}: {tag}{self.reason}"
 
 
 def _check_offsets(off: np.ndarray, total: int, name: str) -> None:
@@ -124,9 +128,11 @@ def _verify_shard(path: str | Path, config_hash: str | None, embed_dim: int | No
     """(problems, counts {videos, failed_videos, questions}) of one shard, read once."""
     try:
         with open_h5(path) as f:
-            rows = check_shard_structure(f, config_hash=config_hash, embed_dim=embed_dim,
+            rows = check_shard(f, config_hash=config_hash, embed_dim=embed_dim,
                                          where=str(path))
             failed = check_shard_values(f, rows)
+    except StructureError as err:
+        return [Problem(f"{path}:{err.path}", err.detail, err.kind)], {}
     except schema.CacheError as err:
         msg = str(err)
         prefix = f"{path}: "
@@ -159,19 +165,21 @@ def verify_cache(cache_dir: str | Path) -> list[Problem]:
     for entry in manifest["shards"]:
         path = safe_member_path(cache_dir, entry["path"])
         if not path.is_file():
-            problems.append(Problem(entry["path"], "shard file is missing"))
+            problems.append(Problem(entry["path"], "shard file is missing", "missing"))
             continue
         if path.stat().st_size != entry["bytes"]:
             problems.append(Problem(entry["path"], f"size {path.stat().st_size} bytes, manifest "
-                                                   f"says {entry['bytes']}"))
+                                                   f"says {entry['bytes']}", "size"))
             continue
         digest = sha256_file(path)
         if digest != entry["sha256"]:
             problems.append(Problem(entry["path"], f"sha256 {digest} does not match the "
-                                                   f"manifest's {entry['sha256']}"))
+                                                   f"manifest's {entry['sha256']}",
+                                    "checksum"))
             continue
         found, counts = _verify_shard(path, manifest["config_hash"], manifest["embed_dim"])
-        problems += [Problem(entry["path"], p.reason) for p in found]
+        problems += [Problem(p.where.replace(str(path), entry["path"], 1), p.reason, p.kind)
+                     for p in found]
         if found:
             continue
         for key, n in counts.items():
@@ -184,5 +192,13 @@ def verify_cache(cache_dir: str | Path) -> list[Problem]:
             if manifest["counts"].get(key) != n:
                 problems.append(Problem(schema.MANIFEST_NAME, f"counts.{key} is "
                                         f"{manifest['counts'].get(key)}, the shards hold {n}"))
+    if not problems:  # ids and keys across shards: duplicates, control characters, dangling
+        cache = Cache(cache_dir)
+        try:
+            cache.keys()
+        except StructureError as err:
+            problems.append(Problem(f"{err.where}:{err.path}", err.detail, err.kind))
+        finally:
+            cache.close()
     problems += [Problem(where, reason) for where, reason in verify_additions(cache_dir)]
     return problems

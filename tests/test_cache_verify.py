@@ -145,7 +145,8 @@ def test_non_hdf5_and_missing_dataset(tmp_path):
     shard = tmp_path / "c" / _manifest(tmp_path / "c")["shards"][0]["path"]
     with h5py.File(shard, "a") as f:
         del f["scenes/bounds"]
-    assert "dataset 'scenes/bounds' is missing" in verify_shard(shard)[0].reason
+    (problem,) = verify_shard(shard)
+    assert problem.kind == "missing" and problem.where.endswith(":scenes/bounds")
 
 
 WRITER_SCRIPT = textwrap.dedent("""
