@@ -11,6 +11,7 @@ extra reward that skips it) is left out of its sum and counted, never turned int
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,7 @@ class StepRewards:
         self.accuracy = AccuracyReward(mode=cfg.answer_mode)
         self.format = FormatReward()
         self.cf = ConsensusFrameReward(cfg.cf_lambda, cfg.gate, cfg.alignment, self.accuracy)
+        self.cf_seconds = 0.0  # wall time of the last call's CF term (r_cov)
         self.extra = {getattr(fn, "__name__", type(fn).__name__): fn for fn in extra_rewards}
         clash = sorted(set(self.extra) & set(BUILTIN_NAMES))
         if clash or len(self.extra) != len(extra_rewards):
@@ -103,8 +105,10 @@ class StepRewards:
         cfg = self.cfg
         acc = self.accuracy(None, completions, **columns)
         fmt = self.format(None, completions, **columns)
+        t0 = time.perf_counter()
         cf = self.cf(None, completions, frame_usage=frame_usage, prior=priors, acc_rewards=acc,
                      **columns)
+        self.cf_seconds = time.perf_counter() - t0
         extra = {name: fn(None, completions, **columns) for name, fn in self.extra.items()}
         total = np.asarray(acc, np.float64) + cfg.format_weight * np.asarray(fmt, np.float64)
         for part in (cf, *extra.values()):
