@@ -77,20 +77,21 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from train import phases
     from train import trainer as trainer_mod
     from train.config import TrainConfig
     from train.metrics import read_metrics
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     calls = {"policy": 0}
-    real_forward = trainer_mod.policy_forward
+    real_forward = phases.policy_forward
 
     def counting_forward(model, rollout, temperature, hidden_states=False):
         if model is not None and getattr(model, "training", False):
             calls["policy"] += 1
         return real_forward(model, rollout, temperature, hidden_states)
 
-    trainer_mod.policy_forward = counting_forward
+    phases.policy_forward = counting_forward
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         cache = build_cache(root, n_videos=4, k=args.k)

@@ -37,6 +37,8 @@ NATIVE_REQUIRED = ("video_id", "video", "question_id", "question", "answer")
 VIDEO_R1_REQUIRED = ("problem_id", "problem", "solution", "path")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _ANSWER = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.S)
+# The answer types the trainer's rewards score (train.rewards.PROBLEM_TYPES).
+PROBLEM_TYPES = ("multiple choice", "numerical", "OCR", "free-form", "regression")
 
 
 class DatasetError(ValueError):
@@ -226,11 +228,17 @@ def parse_records(records: list[dict], fmt: str, path: Path
     """
     out: list[tuple[str, QAItem]] = []
     skipped = 0
+    invalid: list[str] = []
     for i, rec in enumerate(records):
+        if fmt == "video-r1" and is_image_record(rec):
+            skipped += 1
+            continue
+        problem = _answer_problem(rec, fmt)
+        if problem is not None:
+            name = rec.get("problem_id" if fmt == "video-r1" else "question_id")
+            invalid.append(f"record {i} (0-based) has {problem} [id {name!r}]")
+            continue
         if fmt == "video-r1":
-            if is_image_record(rec):
-                skipped += 1
-                continue
             _require(rec, VIDEO_R1_REQUIRED, i, path, "Video-R1")
             video = str(rec["path"])
             options = _options(rec.get("options"), i, path)
@@ -251,7 +259,27 @@ def parse_records(records: list[dict], fmt: str, path: Path
         if not item.video_id or not item.question_id:
             raise DatasetError(f"{path}: record {i} (0-based) has an empty video or question id")
         out.append((video, item))
+    if invalid:
+        shown = "; ".join(invalid[:5]) + (f"; and {len(invalid) - 5} more" if len(invalid) > 5
+                                          else "")
+        raise DatasetError(f"{path}: {len(invalid)} of {len(records)} records cannot be trained "
+                           f"on: {shown}. problem_type must be one of {list(PROBLEM_TYPES)} (or "
+                           f"absent), and the solution/answer non-empty")
     return out, skipped
+
+
+def _answer_problem(rec: dict, fmt: str) -> str | None:
+    """Why a record's problem_type or answer is unusable, or None (missing fields are left to
+    `_require`, except an absent answer, which is counted here)."""
+    ptype = rec.get("problem_type")
+    if ptype not in (None, "") and (not isinstance(ptype, str) or ptype not in PROBLEM_TYPES):
+        return f"an unknown problem_type {ptype!r}"
+    key = "solution" if fmt == "video-r1" else "answer"
+    if key not in rec or rec[key] is None:
+        return f"no field {key!r}"
+    if not parse_answer(rec[key]).strip():
+        return f"an empty {key!r} ({rec[key]!r})"
+    return None
 
 
 def _default_type(options: list[str]) -> str:

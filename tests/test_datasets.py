@@ -179,3 +179,30 @@ def test_demo_dataset_builds_and_loads(tmp_path):
     outside = vr[max(0, a - 10)].asnumpy().astype(int)
     assert inside[..., 0].mean() > 150 and inside[..., 2].mean() < 180  # the red flash
     assert abs(inside - outside).mean() > 30  # visually distinct from the haystack
+
+
+def test_answer_fields_are_validated_at_load_named_and_counted(tmp_path):
+    # unknown and list-valued problem types, a missing and an empty solution: all four named,
+    # counted, before any video is read (Video-R1 format; native records the same way).
+    good = dict(VIDEO_R1[0])
+    bad = [dict(good, problem_id=f"p{i}", path=f"./v/clip{i}.mp4") for i in range(4)]
+    bad[0]["problem_type"] = "yes/no"
+    bad[1]["problem_type"] = ["multiple choice"]
+    del bad[2]["solution"]
+    bad[3]["solution"] = "<answer> </answer>"
+    ann = tmp_path / "r1.json"
+    ann.write_text(json.dumps([good, *bad]))
+    with pytest.raises(DatasetError) as err:
+        load_dataset(str(write_yaml(tmp_path, ann.name, format="video-r1")))
+    msg = str(err.value)
+    assert "4 of 5 records" in msg
+    for needle in ("record 1 (0-based) has an unknown problem_type 'yes/no'",
+                   "record 2 (0-based) has an unknown problem_type ['multiple choice']",
+                   "record 3 (0-based) has no field 'solution'",
+                   "record 4 (0-based) has an empty 'solution'"):
+        assert needle in msg
+    native = [dict(NATIVE[0], answer=""), dict(NATIVE[1], problem_type="counting")]
+    ann = tmp_path / "native.json"
+    ann.write_text(json.dumps(native))
+    with pytest.raises(DatasetError, match="2 of 2 records"):
+        load_dataset(str(write_yaml(tmp_path, ann.name)))

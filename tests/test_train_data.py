@@ -183,6 +183,46 @@ def test_shipped_configs_load():
     assert real.grpo.num_generations == 8 and real.grpo.beta == 0.04
     assert real.grpo.learning_rate == 1e-6 and real.model.bf16
     assert real.run.deepspeed == "configs/deepspeed/zero3.json"
+    assert real.reward.temporal and real.reward.len_control and real.reward.tau_alpha == 0.5
+    assert not tiny.reward.temporal and not tiny.reward.len_control
+    ref = load_config("configs/train/videocfr_ref.yaml")  # VideoCFR's run script
+    assert ref.reward.temporal and ref.reward.len_control and ref.reward.gate == "hard"
+    assert (ref.grpo.num_generations, ref.grpo.max_completion_length, ref.grpo.top_p,
+            ref.grpo.loss_type, ref.reward.tau_alpha) == (8, 768, 0.95, "sequence", 0.5)
+
+
+def test_checked_questions_reject_unknown_types_and_empty_answers(tmp_path):
+    # a cache written before precompute validated its records: the trainer refuses it at load,
+    # naming and counting the questions, instead of failing when training reaches them
+    from synthetic_cache import make_question, make_video
+
+    from cache_format import Cache, CacheError, ShardWriter, finalize_cache
+
+    with ShardWriter(tmp_path / "c", {"sampling": {"num_frames": 8}}, embed_dim=16,
+                     model={"name": "synthetic", "pretrained": "random"}) as w:
+        v = make_video("vid000")
+        qs = [make_question(v, f"q{j}", seed=j) for j in range(4)]
+        qs[1].problem_type = "['multiple choice']"
+        qs[2].answer = "  "
+        qs[3].problem_type = "yes/no"
+        w.add(v, qs)
+    finalize_cache(tmp_path / "c")
+    with pytest.raises(CacheError) as err:
+        CacheSamples(tmp_path / "c", str(tmp_path))
+    msg = str(err.value)
+    assert "3 of 4 questions" in msg and "q1" in msg and "q2" in msg and "q3" in msg
+    assert "q0" not in msg and "empty" in msg
+    # max_samples keeps only q0: nothing to reject
+    assert len(CacheSamples(tmp_path / "c", str(tmp_path), max_samples=1)) == 1
+    assert Cache(tmp_path / "c").question("vid000", "q2").answer == "  "
+
+
+def test_problem_types_agree_across_stages():
+    from precompute.datasets import PROBLEM_TYPES as precompute_types
+    from train.data import PROBLEM_TYPES as data_types
+    from train.rewards import PROBLEM_TYPES as reward_types
+
+    assert precompute_types == data_types == reward_types
 
 
 def test_config_validation_says_how_to_fix():

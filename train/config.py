@@ -17,6 +17,8 @@ import yaml
 GATES = ("soft", "hard")
 ALIGNMENTS = ("dot", "js")
 DECODE_METHODS = ("auto", "sequential", "seek")
+LOSS_TYPES = ("sequence", "token")
+ANSWER_MODES = ("video-r1", "lenient")
 
 
 @dataclass
@@ -102,6 +104,8 @@ class GRPOConfig:
         max_completion_length: cap on generated tokens.
         temperature: sampling temperature of the rollouts.
         top_p: nucleus sampling of the rollouts.
+        loss_type: "sequence" (mean over a completion's tokens, then over completions; Video-R1
+            and VideoCFR) or "token" (over all completion tokens; TRL 0.16).
     """
 
     num_generations: int = 8
@@ -115,8 +119,12 @@ class GRPOConfig:
     max_completion_length: int = 512
     temperature: float = 1.0
     top_p: float = 1.0
+    loss_type: str = "sequence"
 
     def __post_init__(self):
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"grpo.loss_type {self.loss_type!r} unknown; use one of "
+                             f"{LOSS_TYPES}")
         if self.num_generations < 2:
             raise ValueError(f"grpo.num_generations must be >= 2 (advantages are relative to the "
                              f"group), got {self.num_generations}")
@@ -139,17 +147,28 @@ class RewardConfig:
         cf_lambda: λ, weight of the consensus-frame term.
         gate: "soft" (clip(R_acc, 0, 1)) or "hard" (1[R_acc > 0.01], reference code).
         alignment: "dot" (r_cov = Σ p_g α_g) or "js" (1 - JS(p, α)).
-        tau_alpha: τ_α of the softmax over groups in α.
+        tau_alpha: τ_α of the softmax over groups in α (0.5, the reference trainer's value).
         format_weight: weight of R_format (1 as in Video-R1).
+        answer_mode: "video-r1" (Video-R1's exact answer matching) or "lenient" (multiple
+            choice also accepts "(B)", "B." and "B. <its option text>"); docs/rewards.md.
+        temporal: T-GRPO: also sample G/2 completions on the same frames shuffled (not trained
+            on) and add 0.3 to R_acc > 0.1 when ordered accuracy >= 0.8 x shuffled accuracy.
+        len_control: +0.2 for a completion of 320-512 tokens with R_acc > 0.1.
     """
 
     cf_lambda: float = 5.0
     gate: str = "soft"
     alignment: str = "dot"
-    tau_alpha: float = 0.1
+    tau_alpha: float = 0.5
     format_weight: float = 1.0
+    answer_mode: str = "video-r1"
+    temporal: bool = False
+    len_control: bool = False
 
     def __post_init__(self):
+        if self.answer_mode not in ANSWER_MODES:
+            raise ValueError(f"reward.answer_mode {self.answer_mode!r} unknown; use one of "
+                             f"{ANSWER_MODES}")
         if self.gate not in GATES:
             raise ValueError(f"reward.gate {self.gate!r} unknown; use one of {GATES}")
         if self.alignment not in ALIGNMENTS:

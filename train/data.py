@@ -10,8 +10,9 @@ off by step number, with no sampler state to save.
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def problem_type_of(problem_type: str, options: list[str]) -> str:
     """The Video-R1 answer type of a question; an empty type is inferred from the options."""
     if not problem_type:
         return "multiple choice" if options else "free-form"
-    if problem_type not in TYPE_TEMPLATES:
+    if not isinstance(problem_type, str) or problem_type not in TYPE_TEMPLATES:
         raise ValueError(f"problem_type {problem_type!r} unknown; the trainer knows "
                          f"{list(PROBLEM_TYPES)} (Video-R1 types)")
     return problem_type
@@ -91,6 +92,7 @@ class Sample:
         frame_indices: int64 [K], their frame numbers in the file.
         fps: the file's frame rate (for the processor's temporal positions).
         num_frames: frames in the file.
+        options: the answer options ("A. a cat"), empty for open questions.
     """
 
     video_id: str
@@ -102,6 +104,7 @@ class Sample:
     frame_indices: np.ndarray
     fps: float
     num_frames: int
+    options: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -155,6 +158,7 @@ class CacheSamples:
         if not keys:
             raise CacheError(f"cache {cache_dir} holds no questions (all videos failed?); "
                              f"check `videocfr cache info {cache_dir}`")
+        check_questions(self.cache, keys)
         self.keys: list[tuple[str, str]] = keys
 
     def __len__(self) -> int:
@@ -174,7 +178,46 @@ class CacheSamples:
                       prompt=build_prompt(question.question, question.options, problem_type),
                       answer=question.answer, problem_type=problem_type, frames=frames,
                       frame_indices=video.frame_indices, fps=float(video.fps),
-                      num_frames=int(video.num_frames))
+                      num_frames=int(video.num_frames), options=list(question.options))
+
+
+def question_problem(problem_type: str, options: list[str], answer: str) -> str | None:
+    """Why a question cannot be trained on (unknown type, empty answer), or None when it can."""
+    try:
+        problem_type_of(problem_type, options)
+    except ValueError as err:
+        return str(err)
+    if not str(answer).strip():
+        return "its answer (solution) is empty"
+    return None
+
+
+def check_questions(cache: Cache, keys: list[tuple[str, str]]) -> None:
+    """Reject, before training starts, questions the rewards cannot score.
+
+    Reads the answer / problem_type / options columns of every shard at once (no per-question
+    reads). A cache written before precompute validated its records may hold such questions.
+
+    Raises:
+        CacheError: naming the first bad questions and counting all of them.
+    """
+    wanted = set(keys)
+    bad: list[str] = []
+    for i in range(len(cache.shard_paths)):
+        q = cache.file(i)["questions"]
+        columns = [q[name].asstr()[()] for name in ("video_id", "question_id", "problem_type",
+                                                     "answer", "options")]
+        for vid, qid, ptype, answer, options in zip(*columns):
+            if (vid, qid) not in wanted:
+                continue
+            problem = question_problem(ptype, json.loads(options), answer)
+            if problem is not None:
+                bad.append(f"({vid!r}, {qid!r}): {problem}")
+    if bad:
+        shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise CacheError(f"cache {cache.path}: {len(bad)} of {len(keys)} questions cannot be "
+                         f"scored: {shown}. Fix the annotation and rebuild the cache (precompute "
+                         f"now rejects such records)")
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:

@@ -5,11 +5,18 @@ For G completions per prompt with rewards R:
     A_i          = (R_i - mean_G R) / (std_G R + eps)          std: unbiased (Bessel), as TRL
     ρ_t          = exp(logp_t - logp_old_t)
     loss_t       = -min(ρ_t A, clip(ρ_t, 1-ε, 1+ε) A) + β KL_t
-    KL_t (k3)    = exp(ref_t - logp_t) - (ref_t - logp_t) - 1    (≥ 0; estimates KL(π‖π_ref))
-    loss         = mean over sequences of ( Σ_t mask·loss_t / Σ_t mask )
+    d_t          = clamp(ref_t - logp_t, -10, 10)                 (as the reference code)
+    KL_t (k3)    = exp(d_t) - d_t - 1                  (≥ 0; estimates KL(π‖π_ref))
 
-i.e. a per-sequence mean over completion tokens, then a mean over the batch (TRL's original
-"grpo" loss type). With one update per batch, logp_old = logp.detach() (pass `old_logp=None`)
+and the normalisation `loss_type`:
+
+    "sequence"   loss = mean_i ( Σ_t mask_it·loss_it / Σ_t mask_it )     (default)
+    "token"      loss = Σ_it mask_it·loss_it / Σ_it mask_it
+
+"sequence" is a mean over each completion's tokens, then over completions (Video-R1's and
+VideoCFR's trainers; every completion weighs the same, so a token of a short completion weighs
+more). "token" averages over all completion tokens of the batch (TRL 0.16's GRPOTrainer; every
+token weighs the same). With one update per batch, logp_old = logp.detach() (pass `old_logp=None`)
 and ρ = 1 in value but its gradient is still ∇logp; with more updates, pass the log-probs of the
 policy that generated the batch.
 
@@ -20,6 +27,9 @@ normalisations, reward scaling other than the group std, importance sampling for
 from __future__ import annotations
 
 import torch
+
+LOSS_TYPES = ("sequence", "token")
+KL_LOG_RATIO_CLAMP = 10.0  # |log π_ref - log π| is clamped to this before the k3 estimate
 
 
 def group_advantages(
@@ -95,6 +105,7 @@ def grpo_loss(
     ref_logp: torch.Tensor | None = None,
     epsilon: float = 0.2,
     beta: float = 0.04,
+    loss_type: str = "sequence",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Token-level clipped GRPO loss with a k3 KL penalty (see the module docstring).
 
@@ -107,6 +118,8 @@ def grpo_loss(
         ref_logp: float [N, C], log π_ref; required when beta > 0, ignored when beta == 0.
         epsilon: clip range ε (> 0).
         beta: KL coefficient β (>= 0).
+        loss_type: "sequence" (mean per completion, then over completions; Video-R1) or
+            "token" (sum over all completion tokens / their number; TRL 0.16).
 
     Returns:
         (loss, metrics): loss is a scalar tensor; metrics (python floats, over completion
@@ -117,6 +130,8 @@ def grpo_loss(
     """
     if epsilon <= 0:
         raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type {loss_type!r} unknown; use one of {LOSS_TYPES}")
     if beta < 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
     if beta > 0 and ref_logp is None:
@@ -138,12 +153,15 @@ def grpo_loss(
     per_token = -torch.min(ratio * adv, clipped * adv)  # (N, C)
     kl = None
     if ref_logp is not None:
-        delta = ref_logp - logp
+        delta = torch.clamp(ref_logp - logp, -KL_LOG_RATIO_CLAMP, KL_LOG_RATIO_CLAMP)
         kl = torch.exp(delta) - delta - 1  # (N, C), k3
         if beta > 0:
             per_token = per_token + beta * kl
     lengths = mask.sum(dim=1)  # (N,)
-    loss = ((per_token * mask).sum(dim=1) / lengths.clamp(min=1)).mean()
+    if loss_type == "sequence":
+        loss = ((per_token * mask).sum(dim=1) / lengths.clamp(min=1)).mean()
+    else:
+        loss = (per_token * mask).sum() / mask.sum().clamp(min=1)
 
     with torch.no_grad():
         n_tok = mask.sum().clamp(min=1)

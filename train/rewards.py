@@ -1,32 +1,41 @@
-"""Rewards of CF-GRPO (METHOD.md §5), in TRL's convention.
+"""Rewards of CF-GRPO (METHOD.md §5), in TRL's convention; docs/rewards.md has the details.
 
 A reward is a callable `(prompts, completions, **columns) -> list[float | None]`; `None` means
 "does not apply" and is counted, never turned into 0. Completions are strings or TRL
 conversational completions (`[{"role": "assistant", "content": "..."}]`). The total reward is
 
-    R = R_acc + R_format + λ · gate(R_acc) · r_cov
+    R = R_acc (+ temporal bonus) + R_format (+ length reward) + λ · gate(R_acc) · r_cov
 
-- `AccuracyReward` (R_acc), Video-R1 answer types, answers parsed from `<answer>...</answer>`:
-  multiple choice: 1 if the option letter equals the solution's, else 0;
-  numerical: 1 if both parse as numbers and round(x, 2) match, else 0 (Video-R1 also scores 0
-  when exactly one of the two has a decimal point; not reproduced: METHOD says 2-decimal match);
-  OCR: clip(1 - WER, 0, 1), word-level Levenshtein / max(1, #reference words);
-  free-form: mean of ROUGE-1, ROUGE-2, ROUGE-L F1 (own implementation, lower-cased alphanumeric
-  tokens as `rouge_score` tokenises, no stemming; Video-R1 uses `rouge_score` with a stemmer);
-  regression: 1 - clip((|ŷ - y| + 1e-9) / (|y| + 1e-9), 0, 1) (Video-R1's relative error).
-  An unparseable number scores 0.
-- `FormatReward` (R_format): 1 if the whole completion (surrounding whitespace stripped) is
-  `<think>...</think>` then `<answer>...</answer>` (whitespace allowed between), else 0.
+- `AccuracyReward` (R_acc) scores the stripped text inside the first `<answer>...</answer>` the
+  way Video-R1's `accuracy_reward` does (mode "video-r1", the default):
+  multiple choice: 1 when the two strings are equal (`B.` != `B`; `A B C D` never counts);
+  numerical: 0 when exactly one of the two has a decimal point or comma, else round(x, 2) equal
+  after removing commas; OCR: clip(1 - WER, 0, 1); free-form: mean F of ROUGE-1/2/L from the
+  `rouge_score` package with its Porter stemmer; regression: 1 - clip((|ŷ - y| + 1e-9) /
+  (|y| + 1e-9), 0, 1). Deliberate fixes: a non-finite number scores 0 (Video-R1 pays NaN 1.0),
+  each row uses its own problem type (Video-R1 uses the first row's for the whole batch), and a
+  ground truth without `<answer>` tags is the answer itself (Video-R1 reads it as "").
+  Mode "lenient" also accepts, for multiple choice only, the truth's letter with surrounding
+  punctuation (`(B)`, `B.`) or followed by its exact option text (`B. a dog`) — never two
+  letters, never a word that starts with the letter.
+- `FormatReward` (R_format): 1 when the whole completion is `<think>...</think>` then
+  `<answer>...</answer>` (whitespace allowed between, none around: Video-R1's fullmatch).
 - `ConsensusFrameReward`: λ · gate(R_acc) · r_cov with r_cov = Σ_g p_g α_g (`alignment="dot"`)
   or 1 - JS(p, α) with base-2 logarithms, so in [0, 1] (`alignment="js"`); gate = clip(R_acc, 0, 1)
   (`"soft"`) or 1[R_acc > 0.01] (`"hard"`, the reference code). Samples without video or prior
   get None, counted in `num_no_prior`.
+
+Bad input never raises: no `<answer>` or an empty one is the answer "", two blocks take the
+first, an unparseable or non-finite number scores 0. Only an unknown problem type raises (the
+data path rejects those when it loads the records).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+import string
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,13 +44,15 @@ import numpy as np
 from .alpha import check_aligned, group_prior
 
 PROBLEM_TYPES = ("multiple choice", "numerical", "OCR", "free-form", "regression")
+ANSWER_MODES = ("video-r1", "lenient")
 GATES = ("soft", "hard")
 ALIGNMENTS = ("dot", "js")
 
 _ANSWER_RE = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
 _FORMAT_RE = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
-_LETTER_RE = re.compile(r"^\(?([A-Z])\)?(?:[.:)]|\s|$)")
-_ROUGE_TOKEN_RE = re.compile(r"[a-z0-9]+")
+# "B. text", "(B) text", "B: text", "B text": the option letter, then the option's text
+_LETTER_TEXT_RE = re.compile(r"^[(\[]?([A-Z])[)\]]?(?:[.:)]\s*|\s+)(.+)$", re.DOTALL)
+_PUNCT_SPACE = string.punctuation + string.whitespace
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -75,113 +86,161 @@ def parse_solution(solution: str) -> str:
 
 
 def parse_number(text: str) -> float | None:
-    """float of `text` with thousands commas removed; None when it is not a finite number."""
+    """float of `text` with commas removed (Python's float syntax); None when that fails or the
+    number is not finite (`nan`, `inf`, `1e400`)."""
     try:
-        x = float(text.replace(",", "").strip())
+        x = float(text.replace(",", ""))
     except ValueError:
         return None
     return x if math.isfinite(x) else None
 
 
-def option_letter(text: str) -> str | None:
-    """Leading option letter of an answer: "B", "(B)", "B.", "B) cat", "B: cat" -> "B"."""
-    m = _LETTER_RE.match(text.strip())
-    return m.group(1) if m else None
+def _has_decimal_mark(text: str) -> bool:
+    return "." in text or "," in text
 
 
-# --- scores ----------------------------------------------------------------------------------
+def _bare_letter(text: str) -> str | None:
+    """"B", "(B)", "B.", "**B**" -> "B": one capital letter once punctuation is stripped."""
+    core = text.strip(_PUNCT_SPACE)
+    return core if len(core) == 1 and "A" <= core <= "Z" else None
 
 
-def _edit_distance(a: Sequence[str], b: Sequence[str]) -> int:
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i] + [0] * len(b)
-        for j, y in enumerate(b, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
-        prev = cur
-    return prev[-1]
+def _option_texts(options: Sequence[str] | None) -> dict[str, str]:
+    """{"B": "a dog"} from options like "B. a dog" (options in another form are ignored)."""
+    out = {}
+    for option in options or ():
+        m = _LETTER_TEXT_RE.match(str(option).strip())
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+# --- scores per problem type -----------------------------------------------------------------
 
 
 def word_error_rate(reference: str, hypothesis: str) -> float:
     """WER = word-level Levenshtein distance / max(1, #reference words) (may exceed 1)."""
     ref, hyp = reference.split(), hypothesis.split()
-    return _edit_distance(ref, hyp) / max(1, len(ref))
-
-
-def _ngrams(tokens: list[str], n: int) -> dict[tuple[str, ...], int]:
-    counts: dict[tuple[str, ...], int] = {}
-    for i in range(len(tokens) - n + 1):
-        key = tuple(tokens[i : i + n])
-        counts[key] = counts.get(key, 0) + 1
-    return counts
-
-
-def _f1(overlap: float, n_ref: int, n_hyp: int) -> float:
-    if overlap == 0 or n_ref == 0 or n_hyp == 0:
-        return 0.0
-    p, r = overlap / n_hyp, overlap / n_ref
-    return 2 * p * r / (p + r)
-
-
-def _lcs(a: list[str], b: list[str]) -> int:
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b, 1):
-            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
+    prev = list(range(len(hyp) + 1))
+    for i, x in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, y in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
         prev = cur
-    return prev[-1]
+    return prev[-1] / max(1, len(ref))
+
+
+@functools.lru_cache(maxsize=1)
+def _rouge_scorer():
+    try:
+        from rouge_score import rouge_scorer  # noqa: PLC0415
+    except ImportError as err:  # pragma: no cover - the train extra installs it
+        raise ImportError("free-form answers need the `rouge_score` package: pip install "
+                          "rouge_score (it is in the `train` extra)") from err
+    return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
 
 
 def rouge_scores(reference: str, hypothesis: str) -> dict[str, float]:
-    """ROUGE-1, ROUGE-2 (clipped n-gram overlap) and ROUGE-L (LCS) F1 scores.
+    """ROUGE-1, ROUGE-2 and ROUGE-L F-measures of `rouge_score` with its Porter stemmer.
 
-    Tokens: lower-cased runs of [a-z0-9] (the `rouge_score` tokenisation), no stemming.
+    Its tokenizer lower-cases and keeps runs of [a-z0-9] (so non-Latin text has no tokens and
+    scores 0, as in Video-R1).
 
     Returns:
         {"rouge1": f, "rouge2": f, "rougeL": f}, each in [0, 1].
     """
-    ref = _ROUGE_TOKEN_RE.findall(reference.lower())
-    hyp = _ROUGE_TOKEN_RE.findall(hypothesis.lower())
-    out = {}
-    for n in (1, 2):
-        r, h = _ngrams(ref, n), _ngrams(hyp, n)
-        overlap = sum(min(c, h.get(k, 0)) for k, c in r.items())
-        out[f"rouge{n}"] = _f1(overlap, sum(r.values()), sum(h.values()))
-    out["rougeL"] = _f1(_lcs(ref, hyp), len(ref), len(hyp))
-    return out
+    scores = _rouge_scorer().score(reference, hypothesis)
+    return {name: float(s.fmeasure) for name, s in scores.items()}
 
 
-def answer_accuracy(answer: str, truth: str, problem_type: str) -> float:
-    """R_acc of one parsed answer against the parsed ground truth (see the module docstring).
+def _clip01(x: float) -> float:
+    return float(min(1.0, max(0.0, x)))
+
+
+def multiple_choice_score(answer: str, truth: str, mode: str = "video-r1",
+                          options: Sequence[str] | None = None) -> float:
+    """1.0 when the answer is the truth (see the module docstring for "lenient"), else 0.0."""
+    if answer.strip() == truth.strip():
+        return 1.0
+    if mode == "video-r1":
+        return 0.0
+    letter = _bare_letter(truth)
+    if letter is None:  # a truth that is not an option letter ("Yes"): exact match only
+        return 0.0
+    if _bare_letter(answer) == letter:
+        return 1.0
+    m = _LETTER_TEXT_RE.match(answer.strip())
+    if m is None or m.group(1) != letter:
+        return 0.0
+    text = _option_texts(options).get(letter)
+    return float(text is not None and m.group(2).strip() == text)
+
+
+def numerical_score(answer: str, truth: str) -> float:
+    """Video-R1's rule: 0 when exactly one has a decimal point or comma, else round(x, 2) ==."""
+    if _has_decimal_mark(answer) != _has_decimal_mark(truth):
+        return 0.0
+    x, y = parse_number(answer), parse_number(truth)
+    if x is None or y is None:
+        return 0.0
+    return float(round(x, 2) == round(y, 2))
+
+
+def ocr_score(answer: str, truth: str) -> float:
+    """clip(1 - WER(truth, answer), 0, 1); words split on whitespace, case-sensitive."""
+    return _clip01(1.0 - word_error_rate(truth, answer))
+
+
+def free_form_score(answer: str, truth: str) -> float:
+    """Mean of the ROUGE-1, ROUGE-2 and ROUGE-L F-measures (stemmed), in [0, 1]."""
+    s = rouge_scores(truth, answer)
+    return _clip01((s["rouge1"] + s["rouge2"] + s["rougeL"]) / 3)
+
+
+def regression_score(answer: str, truth: str) -> float:
+    """1 - clip((|ŷ - y| + 1e-9) / (|y| + 1e-9), 0, 1); 0 for an unparseable/non-finite number.
+
+    As in Video-R1, a truth of 0 scores 0 even for the answer 0 (the ratio is then 1).
+    """
+    x, y = parse_number(answer), parse_number(truth)
+    if x is None or y is None:
+        return 0.0
+    rel = (abs(x - y) + 1e-9) / (abs(y) + 1e-9)
+    return 1.0 - _clip01(rel)
+
+
+def answer_accuracy(answer: str, truth: str, problem_type: str, *, mode: str = "video-r1",
+                    options: Sequence[str] | None = None) -> float:
+    """R_acc of one parsed answer against the ground truth (see the module docstring).
 
     Args:
-        answer: the completion's `<answer>` content ("" when missing).
-        truth: the ground truth answer (already parsed from `<answer>` if tagged).
+        answer: the completion's `<answer>` content (`extract_answer`; "" when missing).
+        truth: the ground truth: the bare answer ("B", "3.5") or a Video-R1 solution
+            ("<answer>B</answer>"), whose `<answer>` content is used.
         problem_type: one of `PROBLEM_TYPES`.
+        mode: "video-r1" (Video-R1's matching, default) or "lenient" (multiple choice only).
+        options: the question's options ("B. a dog"); used by "lenient" multiple choice.
 
     Returns:
         float in [0, 1].
+
+    Raises:
+        ValueError: unknown problem_type or mode.
     """
+    if mode not in ANSWER_MODES:
+        raise ValueError(f"answer mode {mode!r} unknown; use one of {ANSWER_MODES}")
+    truth = parse_solution(str(truth))
+    answer = str(answer).strip()
     if problem_type == "multiple choice":
-        got, want = option_letter(answer), option_letter(truth)
-        if want is None:
-            raise ValueError(f"multiple-choice solution {truth!r} has no option letter (A-Z)")
-        return float(got == want)
+        return multiple_choice_score(answer, truth, mode, options)
     if problem_type == "numerical":
-        x, y = parse_number(answer), parse_number(truth)
-        return float(x is not None and y is not None and round(x, 2) == round(y, 2))
+        return numerical_score(answer, truth)
     if problem_type == "OCR":
-        return float(min(1.0, max(0.0, 1.0 - word_error_rate(truth, answer))))
+        return ocr_score(answer, truth)
     if problem_type == "free-form":
-        s = rouge_scores(truth, answer)
-        return float(min(1.0, max(0.0, (s["rouge1"] + s["rouge2"] + s["rougeL"]) / 3)))
+        return free_form_score(answer, truth)
     if problem_type == "regression":
-        x, y = parse_number(answer), parse_number(truth)
-        if x is None or y is None:
-            return 0.0
-        rel = (abs(x - y) + 1e-9) / (abs(y) + 1e-9)
-        return float(1.0 - min(1.0, max(0.0, rel)))
+        return regression_score(answer, truth)
     raise ValueError(f"unknown problem_type {problem_type!r}; expected one of {PROBLEM_TYPES}")
 
 
@@ -204,21 +263,26 @@ def _column(columns: dict[str, Any], names: Sequence[str], n: int, what: str) ->
 class AccuracyReward:
     """R_acc for the five Video-R1 answer types (see the module docstring).
 
-    Columns: `solution` (Video-R1, "<answer>B</answer>") or `answer` (native records), and
-    `problem_type` (one of `PROBLEM_TYPES`; `default_problem_type` when the column is absent).
+    Columns: `solution` (Video-R1, "<answer>B</answer>") or `answer` (native records, the bare
+    answer), `problem_type` (one of `PROBLEM_TYPES`, per row; `default_problem_type` when the
+    column is absent) and, optionally, `options` (per row, used by the lenient mode).
 
     Args:
         default_problem_type: type used when no `problem_type` column is passed (None: error).
+        mode: "video-r1" (default) or "lenient" (see `answer_accuracy`).
     """
 
     __name__ = "accuracy"
 
-    def __init__(self, default_problem_type: str | None = None) -> None:
+    def __init__(self, default_problem_type: str | None = None, mode: str = "video-r1") -> None:
         if default_problem_type is not None and default_problem_type not in PROBLEM_TYPES:
             raise ValueError(
                 f"default_problem_type {default_problem_type!r} is not one of {PROBLEM_TYPES}"
             )
+        if mode not in ANSWER_MODES:
+            raise ValueError(f"answer mode {mode!r} unknown; use one of {ANSWER_MODES}")
         self.default_problem_type = default_problem_type
+        self.mode = mode
 
     def __call__(self, prompts: Sequence[Any] | None, completions: Sequence[Any],
                  **columns: Any) -> list[float]:
@@ -228,23 +292,27 @@ class AccuracyReward:
             types = [self.default_problem_type] * n
         else:
             types = _column(columns, ("problem_type",), n, "accuracy reward")
+        options = (_column(columns, ("options",), n, "accuracy reward")
+                   if columns.get("options") is not None else [None] * n)
         return [
-            answer_accuracy(extract_answer(completion_text(c)), parse_solution(str(t)), pt)
-            for c, t, pt in zip(completions, truths, types)
+            answer_accuracy(extract_answer(completion_text(c)), str(t), pt, mode=self.mode,
+                            options=o)
+            for c, t, pt, o in zip(completions, truths, types, options)
         ]
 
 
 class FormatReward:
-    """R_format: 1.0 when the completion is `<think>...</think><answer>...</answer>`, else 0.0."""
+    """R_format: 1.0 when the completion is `<think>...</think><answer>...</answer>`, else 0.0.
+
+    The whole text must match (Video-R1's `re.fullmatch`): leading or trailing text, even a
+    newline, scores 0.
+    """
 
     __name__ = "format"
 
     def __call__(self, prompts: Sequence[Any] | None, completions: Sequence[Any],
                  **columns: Any) -> list[float]:
-        return [
-            float(_FORMAT_RE.fullmatch(completion_text(c).strip()) is not None)
-            for c in completions
-        ]
+        return [float(_FORMAT_RE.fullmatch(completion_text(c)) is not None) for c in completions]
 
 
 def gate_value(acc: float, gate: str) -> float:

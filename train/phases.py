@@ -1,0 +1,256 @@
+"""The phases of one CF-GRPO step, in the order `train.trainer.train` runs them.
+
+    load_batch -> rollouts -> shuffled_rollouts -> policy_pass -> score -> reference_forward
+    -> update -> log_step
+
+Each phase is a function of the run's state (`Run`, built once by the trainer) and of what the
+earlier phases returned; each adds its wall time to the step's `timings` under its own name
+(`<name>_s` in the metrics). The CF term's own cost (prior lookup, α, r_cov) is summed in
+`cf_s` across the phases it touches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cache_format import PriorTable
+
+from .alpha import alpha_entropy, frame_usage, video_group_spans
+from .checkpoint import save_checkpoint
+from .config import TrainConfig
+from .data import CacheSamples, Sample, batch_indices, process
+from .grpo import group_advantages, grpo_loss
+from .metrics import MetricsWriter, reduce_metrics
+from .rollout import Rollout, generate_rollouts, policy_forward
+from .scoring import StepRewards, StepScores
+from .temporal import shuffle_sample_frames
+
+REWARD_COLUMNS = ("answer", "problem_type", "options", "video_id", "question_id")
+
+
+@dataclass
+class Run:
+    """What every step reads: the models, the data and where to write (built by the trainer).
+
+    Args:
+        model: the unwrapped policy (generate, train/eval switches, checkpoints).
+        forward_model: what runs the training forward and backward (DeepSpeed engine or model).
+        engine: the DeepSpeed engine, or None.
+        ref: the reference model (None when grpo.beta == 0).
+        synced_gpus: generate with synced_gpus (ZeRO-3 with > 1 rank).
+    """
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    model: Any
+    forward_model: Any
+    engine: Any
+    optimizer: Any
+    ref: Any
+    processor: Any
+    samples: CacheSamples
+    priors: PriorTable
+    rewards: StepRewards
+    synced_gpus: bool
+    metrics_out: MetricsWriter
+    run_dir: Path
+    no_prior_total: float = 0.0
+
+
+@dataclass
+class Batch:
+    """This rank's prompts of a step: samples (decoded frames), cached priors, prompt tensors."""
+
+    indices: list[int]
+    samples: list[Sample]
+    priors: list[np.ndarray | None]
+    prompts: Any
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Add the wall time of the block to timings[name] (seconds)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+
+
+def load_batch(run: Run, step: int, timings: dict[str, float]) -> Batch:
+    """This rank's slice of the step's pairs with their cached frames, priors and prompts."""
+    cfg = run.cfg
+    with timed(timings, "data"):
+        idx = batch_indices(len(run.samples), cfg.grpo.batch_size, step, cfg.run.seed,
+                            cfg.data.shuffle, run.rank, run.world)
+        samples = [run.samples[i] for i in idx]
+    with timed(timings, "cf"):
+        found = [run.priors.find(*s.key) for s in samples]  # float32 [K] or None: O(1)
+    if not cfg.data.allow_missing_prior and any(p is None for p in found):
+        missing = [s.key for s, p in zip(samples, found) if p is None]
+        raise KeyError(f"no cached prior for {missing[:3]} in "
+                       f"{cfg.data.prior_cache_dir or cfg.data.cache_dir}; set "
+                       f"data.allow_missing_prior=true to train them without the CF term")
+    with timed(timings, "data"):
+        prompts = process(run.processor, samples).to(run.device)
+    return Batch(indices=idx, samples=samples, priors=found, prompts=prompts)
+
+
+def _generate(run: Run, prompts, num_generations: int) -> Rollout:
+    g = run.cfg.grpo
+    return generate_rollouts(run.model, run.processor, prompts, num_generations=num_generations,
+                             max_new_tokens=g.max_completion_length, temperature=g.temperature,
+                             top_p=g.top_p, synced_gpus=run.synced_gpus)
+
+
+def rollouts(run: Run, batch: Batch, timings: dict[str, float]) -> Rollout:
+    """G completions per prompt (every rank joins every forward under ZeRO-3)."""
+    with timed(timings, "rollout"):
+        return _generate(run, batch.prompts, run.cfg.grpo.num_generations)
+
+
+def shuffled_rollouts(run: Run, batch: Batch, step: int, timings: dict[str, float]
+                      ) -> Rollout | None:
+    """T-GRPO: G // 2 completions per prompt on its frames in a seeded random order.
+
+    Scored only, never trained on. None when reward.temporal is off. The order is a function of
+    (run.seed, step, sample index), so a resumed run shuffles as the original did.
+    """
+    if not run.cfg.reward.temporal:
+        return None
+    with timed(timings, "shuffled_rollout"):
+        shuffled = [shuffle_sample_frames(s, (run.cfg.run.seed, step, i))
+                    for s, i in zip(batch.samples, batch.indices)]
+        prompts = process(run.processor, shuffled).to(run.device)
+        if not torch.equal(prompts["video_grid_thw"], batch.prompts["video_grid_thw"]):
+            raise RuntimeError("shuffling the frames changed the video grid; the processor must "
+                               "see the same frame count and size in both orders")
+        return _generate(run, prompts, max(1, run.cfg.grpo.num_generations // 2))
+
+
+def policy_pass(run: Run, rollout: Rollout, timings: dict[str, float]
+                ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """The one policy forward: completion log-probs (for the loss) and α (for the CF term).
+
+    Returns:
+        logp float32 [B*G, C] (with grad), α per completion (float [G_t]).
+    """
+    run.model.train()
+    with timed(timings, "policy_forward"):
+        logp, hidden = policy_forward(run.forward_model, rollout, run.cfg.grpo.temperature,
+                                      hidden_states=True)
+    with timed(timings, "cf"):
+        cfg = run.model.config
+        spans = video_group_spans(rollout.inputs["input_ids"], rollout.inputs["video_grid_thw"],
+                                  cfg.video_token_id, cfg.vision_config.spatial_merge_size)
+        mask = rollout.completion_mask.to(logp.device)
+        alphas = frame_usage(hidden, spans, mask, run.cfg.reward.tau_alpha)
+    del hidden
+    return logp, alphas
+
+
+def _columns(batch: Batch, rollout: Rollout) -> dict[str, list]:
+    rows = [batch.samples[b] for b in rollout.prompt_index.tolist()]
+    return {name: [getattr(s, name) for s in rows] for name in REWARD_COLUMNS}
+
+
+def score(run: Run, batch: Batch, rollout: Rollout, shuffled: Rollout | None,
+          alphas: list, timings: dict[str, float]) -> tuple[StepScores, torch.Tensor]:
+    """Every reward term (train.scoring) and the group-normalised advantages [B*G]."""
+    with timed(timings, "rewards"):
+        row_priors = [batch.priors[b] for b in rollout.prompt_index.tolist()]
+        scores = run.rewards(
+            rollout.completions, _columns(batch, rollout), frame_usage=alphas, priors=row_priors,
+            lengths=rollout.completion_mask.sum(dim=1).long().tolist(),
+            num_generations=run.cfg.grpo.num_generations,
+            shuffled=None if shuffled is None else shuffled.completions,
+            shuffled_columns=None if shuffled is None else _columns(batch, shuffled),
+            num_shuffled=0 if shuffled is None else len(shuffled.completions) // len(batch.samples))
+        rewards = torch.tensor(scores.total, dtype=torch.float32, device=run.device)  # (B*G,)
+        advantages = group_advantages(rewards, run.cfg.grpo.num_generations)
+    timings["cf"] = timings.get("cf", 0.0) + run.rewards.cf_seconds  # r_cov of this batch
+    return scores, advantages
+
+
+def reference_forward(run: Run, rollout: Rollout, timings: dict[str, float]
+                      ) -> torch.Tensor | None:
+    """log π_ref of the completion tokens, float32 [B*G, C]; None when grpo.beta == 0."""
+    if run.ref is None:
+        return None
+    with timed(timings, "reference_forward"), torch.no_grad():
+        return policy_forward(run.ref, rollout, run.cfg.grpo.temperature)[0]
+
+
+def update(run: Run, rollout: Rollout, logp: torch.Tensor, advantages: torch.Tensor,
+           ref_logp: torch.Tensor | None, step: int, timings: dict[str, float]
+           ) -> list[dict[str, float]]:
+    """`grpo.updates_per_batch` optimizer updates; the first reuses the policy_pass log-probs.
+
+    Returns:
+        the loss and loss metrics of each update.
+    """
+    g = run.cfg.grpo
+    mask = rollout.completion_mask.to(logp.device)  # (B*G, C)
+    old_logp = logp.detach()
+    stats = []
+    with timed(timings, "update"):
+        for i in range(g.updates_per_batch):
+            if i > 0:  # later updates need the current policy's log-probs
+                logp, _ = policy_forward(run.forward_model, rollout, g.temperature)
+            loss, loss_stats = grpo_loss(logp, advantages, mask, old_logp=old_logp,
+                                         ref_logp=ref_logp, epsilon=g.epsilon, beta=g.beta,
+                                         loss_type=g.loss_type)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"step {step + 1}: loss is {loss.item()}; lower "
+                                         f"grpo.learning_rate or check the rewards")
+            if run.engine is not None:
+                run.engine.backward(loss)
+                run.engine.step()
+            else:
+                loss.backward()
+                if g.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(run.model.parameters(), g.max_grad_norm)
+                run.optimizer.step()
+                run.optimizer.zero_grad(set_to_none=True)
+            stats.append({"loss": loss.item(), **loss_stats})
+    return stats
+
+
+def log_step(run: Run, step: int, scores: StepScores, alphas: list,
+             stats: list[dict[str, float]], timings: dict[str, float]) -> dict[str, float]:
+    """Reduce the step's metrics over ranks, write them (rank 0) and save a checkpoint when due.
+
+    Returns:
+        the reduced metrics.
+    """
+    cfg = run.cfg
+    run.no_prior_total += scores.metrics["no_prior"]
+    ents = [alpha_entropy(a) for a in alphas if a is not None]
+    step_s = timings["step"]
+    metrics = {
+        **{k: float(np.mean([s[k] for s in stats])) for k in stats[0]},
+        **scores.metrics,
+        "alpha_entropy": float(np.mean(ents)) if ents else math.nan,
+        "no_prior_total": run.no_prior_total, "samples": float(len(scores.total)),
+        **{f"{name}_s": seconds for name, seconds in timings.items()},
+        "cf_share": timings.get("cf", 0.0) / step_s,
+    }
+    metrics = reduce_metrics(metrics, run.device if run.device.type == "cuda" else "cpu")
+    if (step + 1) % cfg.run.log_every == 0 or step + 1 == cfg.run.max_steps:
+        run.metrics_out.write(step + 1, metrics)
+    every = cfg.run.checkpoint_every
+    if (every and (step + 1) % every == 0) or step + 1 == cfg.run.max_steps:
+        save_checkpoint(run.run_dir, step + 1, run.model, run.optimizer, cfg.to_dict(),
+                        engine=run.engine, rank=run.rank, keep=cfg.run.keep_checkpoints)
+    return metrics
