@@ -349,7 +349,18 @@ def decode_part(path: str | os.PathLike, sampling: SamplingConfig | None = None,
     import decord
 
     # Probe at native size (one frame) for the size, count and timing; the real pass follows.
+    # The first frame is read at once: decord decodes ahead in a thread, and a file damaged
+    # further in would otherwise report its damage here, as if the first frame were bad.
     probe = _open(path, num_threads=1)
+    try:
+        first = probe.next().shape  # (H, W, 3)
+    except (decord.DECORDError, StopIteration):
+        probe = _open(path, num_threads=1)  # once more on a fresh reader before blaming frame 0
+        try:
+            first = probe.next().shape
+        except (decord.DECORDError, StopIteration) as err:
+            raise VideoDecodeError(f"{path}: the first frame cannot be decoded ({err}); the "
+                                   f"file is corrupt, re-download or re-encode it") from None
     n = len(probe)
     fps = float(probe.get_avg_fps())
     if n < 2:
@@ -359,11 +370,6 @@ def decode_part(path: str | os.PathLike, sampling: SamplingConfig | None = None,
         raise VideoDecodeError(f"{path}: the container reports no frame rate ({fps}); re-encode "
                                f"it: ffmpeg -i in.mp4 -vf fps=25 out.mp4")
     timestamps = _check_constant_rate(path, probe, fps)
-    try:
-        first = probe.next().shape  # (H, W, 3)
-    except (decord.DECORDError, StopIteration) as err:
-        raise VideoDecodeError(f"{path}: the first frame cannot be decoded ({err}); the file is "
-                               f"corrupt, re-download or re-encode it") from None
     del probe
     k = sampling.num_samples(n, fps)
     indices = sample_indices(n, k)
