@@ -9,7 +9,7 @@ PRECOMPUTE_CONFIG ?= $(if $(filter demo,$(DATASET)),configs/precompute/demo.yaml
 TRAIN_CONFIG ?= configs/train/tiny.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install test lint bench precompute train clean
+.PHONY: install test lint bench precompute train evaluate clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,13 @@ RUN_DIR ?= runs/train-$(shell date +%Y%m%d-%H%M%S)
 
 train: install
 	$(BIN)/videocfr train --config $(TRAIN_CONFIG) --output-dir $(RUN_DIR)
+
+# the small V-NIAH grid on CPU (random CLIP weights): haystacks, precompute, hit rates, heatmaps
+VNIAH_DIR ?= runs/vniah-small
+
+evaluate: install
+	$(BIN)/videocfr evaluate vniah build $(VNIAH_DIR) --small
+	$(BIN)/videocfr evaluate vniah run $(VNIAH_DIR) --config configs/precompute/selection_cpu.yaml
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -52,3 +52,88 @@ def test_a_wrong_strategy_is_caught():
                np.random.default_rng(0))
     with pytest.raises(ValueError, match="already registered"):
         register("uniform")(dup)
+
+
+# --- the cache-reading strategies, checked by hand -------------------------------------------
+
+from dataclasses import replace  # noqa: E402
+
+from cache_format.fusion import FusionConfig, fuse_record  # noqa: E402
+from evaluate.strategies import aks, distinct_nearest, make_strategy  # noqa: E402
+
+
+def _with(video, question, **fields):
+    return replace(question, **{k: np.asarray(v, np.float32) for k, v in fields.items()})
+
+
+def test_prior_topn_takes_the_highest_prior_in_time_order():
+    v = make_video("v", k=8)
+    q = _with(v, make_question(v, "q"), prior=[0.05, 0.3, 0.05, 0.05, 0.2, 0.05, 0.25, 0.05])
+    assert select("prior-topn", v, q, 3, np.random.default_rng(0)).tolist() == [1, 4, 6]
+
+
+def test_prior_its_is_dense_where_the_prior_is_high():
+    v = make_video("v", k=10)
+    prior = np.full(10, 0.01)
+    prior[7] = 0.91  # one peak: after min-max, only frame 7 has weight
+    q = _with(v, make_question(v, "q"), prior=prior / prior.sum())
+    pos = select("prior-its", v, q, 3, np.random.default_rng(0))
+    # every quantile falls on frame 7; the repeats move to its nearest free neighbours
+    assert pos.tolist() == [6, 7, 8]
+    flat = _with(v, make_question(v, "q"), prior=np.full(10, 0.1))
+    assert select("prior-its", v, flat, 5, np.random.default_rng(0)).tolist() == [1, 3, 5, 7, 9]
+
+
+def test_distinct_nearest_resolves_repeats():
+    assert distinct_nearest(np.array([3, 3, 3, 9, 9]), 10).tolist() == [2, 3, 4, 8, 9]
+
+
+def test_scene_reps_then_uniform_fill():
+    v = make_video("v", k=8, num_scenes=2)  # representatives at the first frame of each scene
+    reps = np.flatnonzero(v.scene_rep).tolist()
+    assert reps == [0, 4]
+    q = make_question(v, "q")
+    assert select("scene-reps", v, q, 2, np.random.default_rng(0)).tolist() == [0, 4]
+    # n = 4: the two reps, then the uniform grid [1, 3, 5, 7] in order, skipping taken ones
+    assert select("scene-reps", v, q, 4, np.random.default_rng(0)).tolist() == [0, 1, 3, 4]
+
+
+def test_novelty_picks_the_outlier_frame():
+    v = make_video("v", k=8)
+    emb = np.tile(v.embeddings[:1], (8, 1))
+    emb[5] = -emb[5]
+    v = replace(v, embeddings=emb)
+    assert select("novelty", v, make_question(v, "q"), 1, np.random.default_rng(0)).tolist() == [5]
+
+
+def test_aks_keeps_a_standout_peak_and_covers_a_flat_timeline():
+    v = make_video("v", k=8)
+    peak = _with(v, make_question(v, "q"), semantic_raw=[0, 0, 0, 0, 0, 0, 1, 0])
+    assert aks(v, peak, 1, np.random.default_rng(0)).tolist() == [6]  # 1 - 1/8 > 0.8
+    # no standout: the budget is split across halves, then quarters (coverage)
+    ramp = _with(v, make_question(v, "q"), semantic_raw=np.linspace(0, 1, 8))
+    assert aks(v, ramp, 4, np.random.default_rng(0)).tolist() == [1, 3, 5, 7]
+
+
+def test_re_fused_prior_specs():
+    v = make_video("v", k=8)
+    q = make_question(v, "q")
+    fn = make_strategy("prior-topn@cfr-novelty")
+    want = np.sort(np.argsort(-fuse_record(v, q, FusionConfig("cfr-novelty")), kind="stable")[:3])
+    assert select(fn, v, q, 3, np.random.default_rng(0)).tolist() == want.tolist()
+    scene_only = select("prior-topn@cfr:w_semantic=0", v, q, 2, np.random.default_rng(0))
+    want = np.sort(np.argsort(-fuse_record(v, q, FusionConfig(w_semantic=0)), kind="stable")[:2])
+    assert scene_only.tolist() == want.tolist()
+    with pytest.raises(ValueError, match="unknown parameter"):
+        make_strategy("prior-topn@cfr:w_bogus=1")
+    with pytest.raises(ValueError, match="take a fusion"):
+        make_strategy("uniform@cfr")
+
+
+@pytest.mark.parametrize("name", ["prior-topn", "prior-its", "scene-reps", "novelty", "aks",
+                                  "prior-topn@cfr-novelty"])
+def test_strategies_at_k_512(name):
+    v = make_video("long", k=512, num_frames=512 * 25, num_scenes=40)
+    q = make_question(v, "q")
+    pos = select(name, v, q, 32, np.random.default_rng(0))
+    assert pos.shape == (32,) and len(set(pos.tolist())) == 32 and pos.max() < 512

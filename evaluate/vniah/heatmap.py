@@ -1,0 +1,59 @@
+"""V-NIAH heatmaps as LongVA draws them: x = haystack length, y = needle depth, colour = score."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def grid(rows, strategy: str, n: int, haystack: str, needle: str
+         ) -> tuple[list[float], list[float], np.ndarray]:
+    """(lengths, depths, hit rate [len(depths), len(lengths)]) of one panel (nan: no haystack)."""
+    sel = [r for r in rows if (r.strategy, r.n, r.haystack, r.needle)
+           == (strategy, n, haystack, needle)]
+    lengths = sorted({r.length_s for r in sel})
+    depths = sorted({r.depth for r in sel})
+    values = np.full((len(depths), len(lengths)), np.nan)
+    for i, d in enumerate(depths):
+        for j, length in enumerate(lengths):
+            hits = [r.hit for r in sel if r.depth == d and r.length_s == length]
+            if hits:
+                values[i, j] = float(np.mean(hits))
+    return lengths, depths, values
+
+
+def draw_heatmaps(rows, strategies: list[str], n: int, out: Path) -> list[Path]:
+    """One PNG per strategy, a panel per (haystack kind, needle kind); returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    kinds = sorted({(r.haystack, r.needle) for r in rows})
+    paths = []
+    for strategy in strategies:
+        fig, axes = plt.subplots(1, max(1, len(kinds)), figsize=(4.2 * max(1, len(kinds)), 3.6),
+                                 squeeze=False)
+        for ax, (hk, nk) in zip(axes[0], kinds):
+            lengths, depths, values = grid(rows, strategy, n, hk, nk)
+            im = ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto", origin="upper")
+            ax.set_xticks(range(len(lengths)), [f"{x:g}" for x in lengths])
+            ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+            ax.set_xlabel("haystack length (s)")
+            ax.set_ylabel("needle depth")
+            ax.set_title(f"{hk} haystack, {nk} needle", fontsize=10)
+            for i in range(values.shape[0]):
+                for j in range(values.shape[1]):
+                    if np.isfinite(values[i, j]):
+                        ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center",
+                                fontsize=8)
+        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="needle hit rate")
+        fig.suptitle(f"V-NIAH: {strategy}, n = {n}")
+        safe = strategy.replace("@", "_at_").replace(":", "_").replace(",", "_").replace("=", "")
+        path = out / f"vniah_{safe}_n{n}.png"
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(path)
+    return paths
