@@ -1,0 +1,102 @@
+"""The frozen VLM scorer (tiny random Qwen2.5-VL) and `videocfr evaluate qa`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import videos as clips
+from synthetic_cache import make_cache
+
+from evaluate.qa import bootstrap_ci, main, read_eval
+from evaluate.scorer import FrozenScorer, ScoreItem
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    return FrozenScorer.tiny(seed=0, batch_size=4)
+
+
+def _items(n_frames=(3, 4, 8)):
+    rng = np.random.default_rng(0)
+    return [ScoreItem(rng.integers(0, 255, (n, 32, 48, 3), dtype=np.uint8), f"What is it {i}?",
+                      ["A. a cat", "B. a dog", "C. a car"], "B") for i, n in enumerate(n_frames)]
+
+
+def test_scorer_margin_is_correct_minus_best_other(scorer):
+    items = _items()
+    logits = scorer.option_logits(items)
+    margins = scorer.margins(items)
+    for z, m in zip(logits, margins):
+        assert z.shape == (3,) and m == pytest.approx(z[1] - max(z[0], z[2]), abs=1e-6)
+    one_by_one = np.array([scorer.margins([it])[0] for it in items])
+    np.testing.assert_allclose(one_by_one, margins, atol=1e-5)  # batching changes nothing
+    assert items[0].padded and not items[1].padded
+
+
+def test_scorer_bad_input(scorer, tmp_path):
+    item = _items((2,))[0]
+    with pytest.raises(ValueError, match="not one of the option letters"):
+        scorer.margins([ScoreItem(item.frames, "q", ["A. x", "B. y"], "E")])
+    with pytest.raises(ValueError, match="uint8"):
+        scorer.option_logits([ScoreItem(item.frames.astype(np.float32), "q", ["A. x"], "A")])
+    with pytest.raises(ValueError, match="no config.json"):
+        FrozenScorer.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ValueError, match=r"'llama' model, not a Qwen2.5-VL"):
+        FrozenScorer.from_pretrained(tmp_path)
+
+
+def test_scorer_generate_is_scored_by_the_trainer_rewards(scorer):
+    texts, acc = scorer.generate_scores(_items((2,)), max_new_tokens=4)
+    assert len(texts) == 1 and acc.tolist() == [0.0]  # random weights: no <answer>
+
+
+def test_bootstrap_ci_is_deterministic_and_brackets_the_mean():
+    v = np.array([1, 0, 1, 1, 0, 1, 0, 1], float)
+    lo, hi = bootstrap_ci(v, seed=3)
+    assert (lo, hi) == bootstrap_ci(v, seed=3) and lo <= v.mean() <= hi and lo < hi
+
+
+def test_qa_reads_video_r1_eval_files(tmp_path):
+    recs = [{"problem_id": 7, "problem": "Q?", "options": ["A. a", "B. b"],
+             "solution": "<answer>B</answer>", "problem_type": "multiple choice",
+             "data_type": "video", "path": "./MVBench/clip_1.mp4"},
+            {"problem_id": 8, "problem": "Q?", "solution": "<answer>x</answer>",
+             "data_type": "image", "path": "img.jpg"}]
+    (tmp_path / "eval.json").write_text(json.dumps(recs))
+    records, skipped = read_eval(tmp_path / "eval.json")
+    assert [(r.video_id, r.question_id, r.answer) for r in records] == [
+        ("MVBench/clip_1", "7", "B")]
+    assert len(skipped["image_record"]) == 1
+
+
+def test_qa_end_to_end_resumable(tmp_path, capsys):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(2):
+        clips.colour_segments(videos, [100], 250, size=(64, 48), name=f"vid{i:03d}.mp4")
+    make_cache(tmp_path / "c", n_videos=2, n_questions=1, k=8, n_failed=1)
+    recs = [{"video_id": "vid000", "question_id": "q0", "answer": "B"},
+            {"video_id": "vid001", "question_id": "q0", "answer": "B"},
+            {"video_id": "bad000", "question_id": "q0", "answer": "B"},
+            {"video_id": "vid000", "question_id": "q9", "answer": "B"}]
+    (tmp_path / "eval.json").write_text(json.dumps(recs))
+    argv = ["--data", str(tmp_path / "eval.json"), "--cache", str(tmp_path / "c"), "--model",
+            "tiny", "--strategies", "uniform,random", "--budgets", "2,4,16", "--video-root",
+            str(tmp_path), "-o", str(tmp_path / "out")]
+    assert main(argv) == 0
+    samples = (tmp_path / "out/samples.jsonl").read_text().splitlines()
+    assert len(samples) == 2 * 2 * 2  # 2 questions x 2 strategies x budgets 2, 4 (16 > K = 8)
+    first = json.loads((tmp_path / "out/summary.json").read_text())
+    assert first["problems"] == {"failed_video": 1, "missing_from_cache": 1, "budget_over_k": 4}
+    assert first["accuracy"]["uniform|4|overall"]["count"] == 2
+    # a kill cut the last line: the rerun redoes that sample only, with the same result
+    (tmp_path / "out/samples.jsonl").write_text("\n".join(samples[:-1]) + "\n" + samples[-1][:9])
+    assert main(argv) == 0
+    again = (tmp_path / "out/samples.jsonl").read_text().splitlines()
+    assert json.loads(again[-1]) == json.loads(samples[-1])
+    second = json.loads((tmp_path / "out/summary.json").read_text())
+    assert second["accuracy"] == first["accuracy"]
+    capsys.readouterr()
