@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import zlib
 import sys
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -91,7 +92,7 @@ def score(cache: Cache, needles: list[Needle], strategies: list[str], budgets: l
                     problems["budget_over_k"].append(
                         f"{needle.video_id}: n={n} > K={video.num_sampled} ({name})")
                     continue
-                rng = np.random.default_rng([seed, n, hash(needle.video_id) & 0xFFFF])
+                rng = np.random.default_rng([seed, n, zlib.crc32(needle.video_id.encode())])
                 pos = select(fn, video, question, n, rng)
                 rows.append(Row(needle.video_id, needle.haystack, needle.needle,
                                 needle.length_s, needle.depth, name, n,
