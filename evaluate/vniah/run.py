@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-import zlib
 import sys
+import zlib
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
