@@ -169,6 +169,18 @@ def _search(args) -> int:
     return 0
 
 
+def _plot(args) -> int:
+    try:  # matplotlib and the frame decoder belong to the evaluate extra, imported only here
+        plots = importlib.import_module("evaluate.plots")
+    except ModuleNotFoundError as err:
+        raise CacheError(f"`videocfr cache plot` needs the 'evaluate' extra ({err}): pip "
+                         f"install -e '.[evaluate]'") from None
+    out = plots.plot_video(Cache(args.cache), args.video_id, args.output, args.question,
+                           args.video_root)
+    print(f"wrote {out}")
+    return 0
+
+
 def cache_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videocfr cache", description="inspect, check and "
                                      "combine prior caches")
@@ -220,6 +232,13 @@ def cache_parser() -> argparse.ArgumentParser:
                    help="local checkpoint of a cache built from a file (its sha256 is checked)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_search)
+    p = sub.add_parser("plot", help="thumbnails, scene cuts, saliences and prior of one video")
+    p.add_argument("cache")
+    p.add_argument("video_id")
+    p.add_argument("--question", default=None, help="question id (default: the video's first)")
+    p.add_argument("--video-root", default=None, help="where the cache's video paths resolve")
+    p.add_argument("-o", "--output", required=True, help="PNG file to write")
+    p.set_defaults(func=_plot)
     return parser
 
 
