@@ -34,6 +34,7 @@ from tqdm import tqdm
 from cache_format import Cache, CacheError
 from cache_format.keys import is_image_record, video_r1_key
 
+from .focus import focus
 from .frames import load_frames, video_root
 from .scorer import FrozenScorer, ScoreItem
 from .strategies import make_strategy, select
@@ -120,7 +121,7 @@ def _done(path: Path) -> dict[tuple, dict]:
 def evaluate(records: list[EvalRecord], cache: Cache, scorer: FrozenScorer,
              strategies: list[str], budgets: list[int], out: Path, *, mode: str = "logits",
              root: Path | None = None, seed: int = 0,
-             skipped: dict[str, list[str]] | None = None) -> dict:
+             skipped: dict[str, list[str]] | None = None, with_focus: bool = False) -> dict:
     """Score every (record, strategy, n); resumable through OUT/samples.jsonl."""
     out.mkdir(parents=True, exist_ok=True)
     samples = out / "samples.jsonl"
@@ -165,6 +166,8 @@ def evaluate(records: list[EvalRecord], cache: Cache, scorer: FrozenScorer,
                     else:
                         texts, acc = scorer.generate_scores([item])
                         row.update(prediction=texts[0], correct=float(acc[0]))
+                    if with_focus:  # where the model looks when it answers (evaluate/focus.py)
+                        row.update(focus(scorer, item, question.prior, pos))
                     sink.write(json.dumps(row) + "\n")
                     sink.flush()
                     done[key] = row
@@ -185,17 +188,23 @@ def summarise(rows: list[dict], problems: dict, strategies: list[str], budgets: 
                 lo, hi = bootstrap_ci(np.array(vals), seed)
                 acc[f"{s}|{n}|{group}"] = {"accuracy": float(np.mean(vals)), "ci95": [lo, hi],
                                            "count": len(vals)}
+            for metric in ("alpha_entropy", "r_cov"):
+                vals = [r[metric] for r in sel if np.isfinite(r.get(metric, np.nan))]
+                if vals:
+                    acc[f"{s}|{n}|overall"][metric] = float(np.mean(vals))
     return {"accuracy": acc, "problems": {k: len(v) for k, v in problems.items()},
             "problem_items": dict(problems)}
 
 
 def markdown(summary: dict) -> str:
-    lines = ["# QA accuracy", "", "| strategy | n | group | accuracy | 95% CI | count |",
-             "|---|---|---|---|---|---|"]
+    lines = ["# QA accuracy", "",
+             "| strategy | n | group | accuracy | 95% CI | count | α entropy | r_cov |",
+             "|---|---|---|---|---|---|---|---|"]
     for key, v in sorted(summary["accuracy"].items()):
         s, n, group = key.split("|")
+        extra = " | ".join(f"{v[m]:.3f}" if m in v else "" for m in ("alpha_entropy", "r_cov"))
         lines.append(f"| {s} | {n} | {group} | {v['accuracy']:.3f} | "
-                     f"{v['ci95'][0]:.3f}–{v['ci95'][1]:.3f} | {v['count']} |")
+                     f"{v['ci95'][0]:.3f}–{v['ci95'][1]:.3f} | {v['count']} | {extra} |")
     if summary["problems"]:
         lines += ["", "Not scored: " + ", ".join(f"{k} {v}" for k, v in
                                                    summary["problems"].items())]
@@ -213,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video-root", default=None)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--focus", action="store_true",
+                   help="also report the model's frame usage: alpha entropy and r_cov")
     p.add_argument("-o", "--out", required=True)
     return p
 
@@ -231,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         summary = evaluate(records, cache, scorer, strategies, budgets, out, mode=args.mode,
                            root=None if args.video_root is None else Path(args.video_root),
-                           seed=args.seed, skipped=skipped)
+                           seed=args.seed, skipped=skipped, with_focus=args.focus)
     except (ValueError, KeyError, OSError, CacheError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {msg}", file=sys.stderr)

@@ -99,6 +99,11 @@ def test_qa_end_to_end_resumable(tmp_path, capsys):
     assert json.loads(again[-1]) == json.loads(samples[-1])
     second = json.loads((tmp_path / "out/summary.json").read_text())
     assert second["accuracy"] == first["accuracy"]
+    focus_argv = argv[:6] + ["--strategies", "uniform", "--budgets", "4", "--video-root",
+                             str(tmp_path), "--focus", "-o", str(tmp_path / "focus")]
+    assert main(focus_argv) == 0
+    overall = json.loads((tmp_path / "focus/summary.json").read_text())["accuracy"]
+    assert {"alpha_entropy", "r_cov"} <= set(overall["uniform|4|overall"])
     capsys.readouterr()
 
 
@@ -114,3 +119,17 @@ def test_cache_plot_writes_a_png(tmp_path):
                        "-o", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     assert cache_main(["plot", str(tmp_path / "c"), "bad000", "-o", str(out)]) == 2
+
+
+def test_qa_focus_reports_alpha_entropy_and_r_cov(scorer, tmp_path):
+    from evaluate.focus import focus, shown_prior
+
+    item = _items((5,))[0]
+    prior = np.array([0.4, 0.1, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05])
+    pos = np.array([0, 2, 3, 5, 7])
+    p = shown_prior(prior, pos, item.padded)
+    assert p.tolist() == pytest.approx([0.4 / 0.75, 0.1 / 0.75, 0.1 / 0.75, 0.1 / 0.75,
+                                        0.05 / 0.75, 0.0])
+    got = focus(scorer, item, prior, pos, max_new_tokens=4)
+    assert got["groups"] == 3 and 0 <= got["alpha_entropy"] <= np.log(3) + 1e-6
+    assert 0 <= got["r_cov"] <= 1
