@@ -104,7 +104,8 @@ def test_vniah_end_to_end_tiny(tmp_path, sources):
     cfg.write_text(TINY_SELECTION)
     out = subprocess.run([sys.executable, "-m", "cache_format.cli", "evaluate", "vniah", "run",
                           str(tmp_path / "b"), "--config", str(cfg), "--budgets", "2,8",
-                          "--heatmap-n", "2"], capture_output=True, text=True, cwd=REPO)
+                          "--heatmap-n", "2", "--model", "tiny"], capture_output=True, text=True,
+                         cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith("vniah n=8 uniform=") and "prior_novelty=" in last
@@ -116,7 +117,9 @@ def test_vniah_end_to_end_tiny(tmp_path, sources):
     # n = 8 of K = 12 evenly: a 2 s needle always holds one of them
     assert all(r["hit"] for r in rows if r["strategy"] == "uniform" and r["n"] == 8)
     pngs = sorted((tmp_path / "b/results/heatmaps").glob("*.png"))
-    assert len(pngs) == 9 and all(p.stat().st_size > 1000 for p in pngs)
+    assert len(pngs) == 18 and all(p.stat().st_size > 1000 for p in pngs)  # hit rate + accuracy
+    assert all(r["correct"] in (0.0, 1.0) for r in rows)  # the tiny model answered each
+    assert set(summary["accuracy"]) and all(0 <= v <= 1 for v in summary["accuracy"].values())
     assert figure_line(summary) == last
 
 

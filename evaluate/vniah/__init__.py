@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--heatmap-n", type=int, default=8)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--skip-precompute", action="store_true", help="reuse OUT/cache")
+    r.add_argument("--model", default=None,
+                   help="also answer the needle questions: a local Qwen2.5-VL path, or 'tiny'")
     return parser
 
 
@@ -76,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(args.build_dir, out, config=args.config,
                       strategies=args.strategies.split(","),
                       budgets=[int(x) for x in args.budgets.split(",")], seed=args.seed,
-                      skip_precompute=args.skip_precompute, heatmap_n=args.heatmap_n)
+                      skip_precompute=args.skip_precompute, heatmap_n=args.heatmap_n,
+                      model=args.model)
         print((out / "summary.md").read_text())
         print(f"table: {out / 'summary.md'}   heatmaps: {out / 'heatmaps'}")
         print(figure_line(summary))

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 
 
-def grid(rows, strategy: str, n: int, haystack: str, needle: str
+def grid(rows, strategy: str, n: int, haystack: str, needle: str, metric: str = "hit"
          ) -> tuple[list[float], list[float], np.ndarray]:
-    """(lengths, depths, hit rate [len(depths), len(lengths)]) of one panel (nan: no haystack)."""
+    """(lengths, depths, mean of `metric` [len(depths), len(lengths)]) of one panel (nan: none)."""
     sel = [r for r in rows if (r.strategy, r.n, r.haystack, r.needle)
            == (strategy, n, haystack, needle)]
     lengths = sorted({r.length_s for r in sel})
@@ -17,14 +17,19 @@ def grid(rows, strategy: str, n: int, haystack: str, needle: str
     values = np.full((len(depths), len(lengths)), np.nan)
     for i, d in enumerate(depths):
         for j, length in enumerate(lengths):
-            hits = [r.hit for r in sel if r.depth == d and r.length_s == length]
+            hits = [getattr(r, metric) for r in sel if r.depth == d and r.length_s == length
+                    and getattr(r, metric) is not None]
             if hits:
                 values[i, j] = float(np.mean(hits))
     return lengths, depths, values
 
 
-def draw_heatmaps(rows, strategies: list[str], n: int, out: Path) -> list[Path]:
-    """One PNG per strategy, a panel per (haystack kind, needle kind); returns the paths."""
+def draw_heatmaps(rows, strategies: list[str], n: int, out: Path, metric: str = "hit"
+                  ) -> list[Path]:
+    """One PNG per strategy, a panel per (haystack kind, needle kind); returns the paths.
+
+    metric: "hit" (needle hit rate) or "correct" (answer accuracy with a model).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,7 +42,7 @@ def draw_heatmaps(rows, strategies: list[str], n: int, out: Path) -> list[Path]:
         fig, axes = plt.subplots(1, max(1, len(kinds)), figsize=(4.2 * max(1, len(kinds)), 3.6),
                                  squeeze=False)
         for ax, (hk, nk) in zip(axes[0], kinds):
-            lengths, depths, values = grid(rows, strategy, n, hk, nk)
+            lengths, depths, values = grid(rows, strategy, n, hk, nk, metric)
             im = ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto", origin="upper")
             ax.set_xticks(range(len(lengths)), [f"{x:g}" for x in lengths])
             ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
@@ -49,10 +54,11 @@ def draw_heatmaps(rows, strategies: list[str], n: int, out: Path) -> list[Path]:
                     if np.isfinite(values[i, j]):
                         ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center",
                                 fontsize=8)
-        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="needle hit rate")
+        label = "needle hit rate" if metric == "hit" else "answer accuracy"
+        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=label)
         fig.suptitle(f"V-NIAH: {strategy}, n = {n}")
         safe = strategy.replace("@", "_at_").replace(":", "_").replace(",", "_").replace("=", "")
-        path = out / f"vniah_{safe}_n{n}.png"
+        path = out / f"vniah_{safe}_n{n}{'' if metric == 'hit' else '_accuracy'}.png"
         fig.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(fig)
         paths.append(path)

@@ -63,11 +63,18 @@ class Row:
     n: int
     hit: bool
     prior_mass: float
+    correct: float | None = None  # the model's answer, when run with a scorer
 
 
 def score(cache: Cache, needles: list[Needle], strategies: list[str], budgets: list[int],
-          seed: int = 0) -> tuple[list[Row], dict[str, list[str]]]:
-    """Hit rows for every (haystack, strategy, n), and the items that could not be scored."""
+          seed: int = 0, scorer=None, video_root: Path | None = None
+          ) -> tuple[list[Row], dict[str, list[str]]]:
+    """Hit rows for every (haystack, strategy, n), and the items that could not be scored.
+
+    With a scorer (evaluate.scorer.FrozenScorer), the model is also shown the chosen frames
+    (decoded at their cached indices under `video_root`) and `correct` says whether the option
+    with the highest logit is the needle's colour.
+    """
     fns = {name: make_strategy(name) for name in strategies}
     rows: list[Row] = []
     problems: dict[str, list[str]] = defaultdict(list)
@@ -94,10 +101,31 @@ def score(cache: Cache, needles: list[Needle], strategies: list[str], budgets: l
                     continue
                 rng = np.random.default_rng([seed, n, zlib.crc32(needle.video_id.encode())])
                 pos = select(fn, video, question, n, rng)
+                correct = None
+                if scorer is not None:
+                    correct = _answer(scorer, video, question, pos, video_root)
                 rows.append(Row(needle.video_id, needle.haystack, needle.needle,
                                 needle.length_s, needle.depth, name, n,
-                                bool(np.isin(pos, truth).any()), mass))
+                                bool(np.isin(pos, truth).any()), mass, correct))
     return rows, dict(problems)
+
+
+def _answer(scorer, video, question, pos: np.ndarray, video_root: Path) -> float:
+    from ..frames import load_frames
+    from ..scorer import ScoreItem
+
+    frames, ts = load_frames(video_root, video, pos)
+    item = ScoreItem(frames, question.question, question.options, question.answer,
+                     question.problem_type, ts)
+    z = scorer.option_logits([item])[0]
+    return float(item.letters()[int(np.argmax(z))] == question.answer.strip())
+
+
+def accuracy(rows: list[Row], **match) -> float:
+    """Mean answer correctness over matching rows that were answered (nan when none)."""
+    vals = [r.correct for r in rows if r.correct is not None
+            and all(getattr(r, k) == v for k, v in match.items())]
+    return float(np.mean(vals)) if vals else float("nan")
 
 
 def hit_rate(rows: list[Row], **match) -> float:
@@ -116,7 +144,11 @@ def summarise(rows: list[Row], problems: dict[str, list[str]], strategies: list[
     masses = {f"{h}|{k}": float(np.mean([r.prior_mass for r in rows
                                          if (r.haystack, r.needle) == (h, k)]))
               for h, k in kinds}
-    return {"hit_rate": table, "headline_n8_clip": headline, "prior_mass_on_needle": masses,
+    answered = {f"{s}|{n}|{h}|{k}": accuracy(rows, strategy=s, n=n, haystack=h, needle=k)
+                for s in strategies for n in budgets for h, k in kinds
+                if any(r.correct is not None for r in rows)}
+    return {"hit_rate": table, "accuracy": answered, "headline_n8_clip": headline,
+            "prior_mass_on_needle": masses,
             "haystacks": len({r.video_id for r in rows}),
             "problems": {k: len(v) for k, v in problems.items()}, "problem_items": problems}
 
@@ -144,7 +176,7 @@ def figure_line(summary: dict) -> str:
 
 def run(build_dir: str | Path, out: str | Path, *, config: str, strategies: list[str],
         budgets: list[int], seed: int = 0, skip_precompute: bool = False,
-        heatmap_n: int = 8) -> dict:
+        heatmap_n: int = 8, model: str | None = None) -> dict:
     """Precompute (unless skipped), score, and write results, summary and heatmaps under `out`."""
     from .heatmap import draw_heatmaps
 
@@ -159,7 +191,12 @@ def run(build_dir: str | Path, out: str | Path, *, config: str, strategies: list
         cache = Cache(cache_dir)
     except CacheError as err:
         raise CacheError(f"{err}; run without --skip-precompute") from err
-    rows, problems = score(cache, needles, strategies, budgets, seed)
+    scorer = None
+    if model is not None:  # answer accuracy too: the frozen scorer, shown the chosen frames
+        from ..scorer import FrozenScorer
+
+        scorer = FrozenScorer.tiny() if model == "tiny" else FrozenScorer.from_pretrained(model)
+    rows, problems = score(cache, needles, strategies, budgets, seed, scorer, build_dir)
     for kind, items in problems.items():
         for item in items:
             log.warning("not scored (%s): %s", kind, item)
@@ -172,4 +209,7 @@ def run(build_dir: str | Path, out: str | Path, *, config: str, strategies: list
     (out / "summary.md").write_text(markdown(summary, strategies, budgets))
     summary["heatmaps"] = [str(p) for p in draw_heatmaps(rows, strategies, heatmap_n,
                                                          out / "heatmaps")]
+    if scorer is not None:
+        summary["heatmaps"] += [str(p) for p in draw_heatmaps(
+            rows, strategies, heatmap_n, out / "heatmaps", metric="correct")]
     return summary
