@@ -16,6 +16,7 @@ _MANIFEST_FIELDS = {
     "model": dict, "library_versions": dict, "num_jobs": int, "shards": list, "counts": dict,
     "failures": list,
 }
+MAX_MANIFEST_BYTES = 256 << 20
 _SHARD_FIELDS = {"path": str, "sha256": str, "bytes": int, "videos": int, "failed_videos": int,
                  "questions": int}
 
@@ -54,6 +55,11 @@ def load_manifest(cache_dir: str | Path) -> dict:
     if not path.is_file():
         raise CacheError(f"{path} is missing: the cache is unfinished (finish the precompute "
                          f"jobs, then `videocfr precompute ... --finalize`) or not a cache")
+    if isinstance(path, Path) and not path.resolve().is_relative_to(cache_dir.resolve()):
+        raise SchemaError(f"{path} is a link that leads outside the cache "
+                          f"({path.resolve()}); a reader never follows it")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise SchemaError(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes; not a manifest")
     try:
         with path.open(encoding="utf-8") as f:
             manifest = json.load(f, parse_constant=_reject_constant)

@@ -296,3 +296,15 @@ def test_hostile_duplicate_keys_in_one_table_are_found():
     bounds = np.array([[2 * i, 2 * i + 2] for i in range(n)], np.int64)
     with pytest.raises(StructureError, match="appear twice"):
         PriorTable(priors, ["a", "b", "a", "c"], ["q", "q", "q", "q"], bounds, {}, "h")
+
+
+def test_hostile_manifest_link_outside_is_refused(tmp_path):
+    cache = tmp_path / "cache"
+    make_cache(cache, n_videos=1, n_questions=1, k=8, n_failed=0)
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text((cache / "manifest.json").read_text())
+    (cache / "manifest.json").unlink()
+    (cache / "manifest.json").symlink_to(outside)
+    with pytest.raises(CacheError, match="leads outside the cache"):
+        Cache(cache)
+    assert "leads outside" in verify_cache(cache)[0].reason
