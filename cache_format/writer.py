@@ -494,7 +494,7 @@ def finalize_cache(cache_dir: str | Path) -> dict:
 def _manifest_from_markers(cache_dir: Path) -> dict:
     markers = _read_markers(cache_dir / schema.SHARD_DIR)
     if not markers:
-        raise schema.CacheError(f"{cache_dir}: no finished shard jobs; run precompute first")
+        raise JobsUnfinished(f"{cache_dir}: no finished shard jobs; run precompute first")
     first = markers[0]
     num_jobs = first["num_jobs"]
     for m in markers[1:]:
