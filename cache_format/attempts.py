@@ -252,5 +252,5 @@ def collect_garbage(cache_dir: str | Path, num_jobs: int, jobs: set[int] | None 
         except OSError as err:
             log.warning("could not remove %s: %s", shard_dir / name, err)
     if removed:
-        log.info("removed %d files of dead or superseded attempts from %s", removed, shard_dir)
+        log.debug("removed %d files of dead or superseded attempts from %s", removed, shard_dir)
     return removed
