@@ -21,7 +21,8 @@ Results come back IN INPUT ORDER. Test hook: the environment variable
 VIDEOCFR_DEBUG_DECODE_FAULT="hang:<substring>;crash:<substring>" makes the worker sleep forever
 (hang) or kill itself with SIGSEGV (crash) on any path containing the substring; it exists
 because decord cannot be made to hang on demand. With VIDEOCFR_DEBUG_DECODE_FAULT_FLAG=<file>
-a hanging worker creates that file first (so a test knows the hang has begun).
+a hanging worker creates that file first (so a test knows the hang has begun) and stops hanging
+once `<file>.release` exists (so a test can order two runs' events).
 
 Workers die with their parent, even when it is killed outright: each worker asks the kernel for
 SIGKILL at its parent's death (Linux `prctl(PR_SET_PDEATHSIG)`; the "parent" is the creating
@@ -73,10 +74,12 @@ def _maybe_fault(path: str) -> None:
         kind, _, needle = rule.partition(":")
         if needle and needle in path:
             if kind == "hang":
-                if flag := os.environ.get(FAULT_FLAG_ENV):
+                flag = os.environ.get(FAULT_FLAG_ENV)
+                if flag:
                     open(flag, "a").close()
-                while True:
-                    time.sleep(3600)
+                while not (flag and os.path.exists(flag + ".release")):
+                    time.sleep(0.05 if flag else 3600)
+                return
             if kind == "crash":
                 os.kill(os.getpid(), signal.SIGSEGV)
 
