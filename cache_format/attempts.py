@@ -38,6 +38,7 @@ from pathlib import Path
 
 from . import schema
 from .io import StorageError, json_bytes, write_bytes_atomic
+from .markers import marker_name
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +236,6 @@ def collect_garbage(cache_dir: str | Path, num_jobs: int, jobs: set[int] | None 
         if alive:
             live.add(token)
             keep.update(files)
-    from .writer import marker_name
-
     for i in {i for i, _ in parts}:  # 3. markers
         keep |= _named(shard_dir / marker_name(i, num_jobs))
     keep |= _named(cache_dir / schema.MANIFEST_NAME)  # 4. the manifest

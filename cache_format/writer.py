@@ -25,22 +25,21 @@ import numpy as np
 
 from . import schema
 from .attempts import Attempt, collect_garbage
-from .io import StorageError, sha256_file, write_bytes_atomic, write_json_atomic
+from .io import StorageError, write_bytes_atomic, write_json_atomic
+from .markers import (  # noqa: F401  (part_name, marker_problem: re-exported)
+    JobsUnfinished,
+    job_state,
+    marker_name,
+    marker_problem,
+    part_name,
+    read_markers,
+    remember_sha256,
+)
 from .records import QuestionRecord, VideoRecord
 
 log = logging.getLogger(__name__)
 
 _STR = h5py.string_dtype("utf-8")
-
-
-def part_name(job_index: int, num_jobs: int, part: int, sha256: str = "") -> str:
-    """A part's file name; with its content's sha256, the first 12 hex digits join the name."""
-    tail = f"-{sha256[:12]}" if sha256 else ""
-    return f"{job_index:05d}-of-{num_jobs:05d}-{part:04d}{tail}.h5"
-
-
-def marker_name(job_index: int, num_jobs: int) -> str:
-    return f"job-{job_index:05d}-of-{num_jobs:05d}.json"
 
 
 def collect_library_versions(extra: dict | None = None) -> dict[str, str]:
@@ -51,64 +50,6 @@ def collect_library_versions(extra: dict | None = None) -> dict[str, str]:
     return dict(sorted(versions.items()))
 
 
-class JobsUnfinished(schema.CacheError):
-    """Some shard jobs have no trusted marker: run them (again), then finalize."""
-
-
-def _read_markers(shard_dir: Path) -> list[dict]:
-    markers = []
-    for path in sorted(shard_dir.glob("job-*-of-*.json")):
-        try:
-            with open(path, encoding="utf-8") as f:
-                m = json.load(f)
-            if not isinstance(m, dict) or not isinstance(m.get("files"), list):
-                raise ValueError("not a job marker")
-            for key in ("job_index", "num_jobs", "config_hash"):
-                m[key]  # noqa: B018  (KeyError when absent)
-        except (OSError, ValueError, KeyError) as err:
-            raise schema.CacheError(f"{path} is unreadable ({type(err).__name__}: {err}); "
-                                    f"delete it and rerun that job") from None
-        markers.append(m)
-    return markers
-
-
-_VERIFIED: dict[tuple, str] = {}  # (path, size, mtime_ns, inode) -> sha256, per process
-
-
-def marker_problem(cache_dir: str | Path, marker: dict) -> str | None:
-    """None when every file `marker` names exists with its recorded size and sha256, else why.
-
-    A file's sha256 is computed once per process for an unchanged (size, mtime, inode).
-    """
-    cache_dir = Path(cache_dir)
-    for entry in marker.get("files", []):
-        try:
-            rel, size, digest = str(entry["path"]), int(entry["bytes"]), str(entry["sha256"])
-        except (TypeError, KeyError, ValueError):
-            return f"a file entry is malformed ({entry!r})"
-        parts = Path(rel).parts
-        if Path(rel).is_absolute() or ".." in parts or parts[:1] != (schema.SHARD_DIR,):
-            return f"file path {rel!r} is not under {schema.SHARD_DIR}/"
-        path = cache_dir / rel
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return f"{rel} is missing"
-        except OSError as err:
-            return f"{rel} cannot be read ({err.strerror})"
-        if st.st_size != size:
-            return f"{rel} has {st.st_size} bytes, the marker records {size}"
-        key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
-        if key not in _VERIFIED:
-            try:
-                _VERIFIED[key] = sha256_file(path)
-            except OSError as err:
-                return f"{rel} cannot be read ({err.strerror})"
-        if _VERIFIED[key] != digest:
-            return f"{rel} does not match the sha256 its marker records"
-    return None
-
-
 def _check_same_cache(cache_dir: Path, cfg_hash: str, num_jobs: int) -> None:
     """Refuse to mix configs or shardings in one cache directory."""
     manifest = cache_dir / schema.MANIFEST_NAME
@@ -116,7 +57,7 @@ def _check_same_cache(cache_dir: Path, cfg_hash: str, num_jobs: int) -> None:
     if manifest.exists():
         with open(manifest, encoding="utf-8") as f:
             hashes.append((manifest.name, json.load(f).get("config_hash"), None))
-    for m in _read_markers(cache_dir / schema.SHARD_DIR):
+    for m in read_markers(cache_dir / schema.SHARD_DIR):
         hashes.append((marker_name(m["job_index"], m["num_jobs"]), m["config_hash"],
                        m["num_jobs"]))
     for name, found, jobs in hashes:
@@ -128,20 +69,6 @@ def _check_same_cache(cache_dir: Path, cfg_hash: str, num_jobs: int) -> None:
             raise schema.CacheError(
                 f"{cache_dir} was started with {jobs} shard jobs ({name}); this run asks for "
                 f"{num_jobs}. Keep --num-shards the same or delete {cache_dir}.")
-
-
-def job_state(cache_dir: str | Path, job_index: int, num_jobs: int) -> tuple[str, str]:
-    """("done", ""), ("absent", "") or ("invalid", why) for job `job_index`'s marker."""
-    marker = Path(cache_dir) / schema.SHARD_DIR / marker_name(job_index, num_jobs)
-    try:
-        with open(marker, encoding="utf-8") as f:
-            m = json.load(f)
-    except FileNotFoundError:
-        return "absent", ""
-    except (OSError, ValueError) as err:
-        return "invalid", f"{marker.name} is unreadable ({err})"
-    problem = marker_problem(cache_dir, m) if isinstance(m, dict) else "not a job marker"
-    return ("invalid", problem) if problem else ("done", "")
 
 
 def job_done(cache_dir: str | Path, config: dict, job_index: int, num_jobs: int) -> bool:
@@ -337,6 +264,7 @@ class ShardWriter:
         self._attempt.announce(final.name)  # before the name exists: see attempts.py
         write_bytes_atomic(final, image, self._attempt.tmp(part_name(self.job_index,
                                                                      self.num_jobs, part)))
+        remember_sha256(final, digest)
         self._files.append({
             "path": f"{schema.SHARD_DIR}/{final.name}", "sha256": digest,
             "bytes": len(image), "videos": len(self._videos),
@@ -492,7 +420,7 @@ def finalize_cache(cache_dir: str | Path) -> dict:
 
 
 def _manifest_from_markers(cache_dir: Path) -> dict:
-    markers = _read_markers(cache_dir / schema.SHARD_DIR)
+    markers = read_markers(cache_dir / schema.SHARD_DIR)
     if not markers:
         raise JobsUnfinished(f"{cache_dir}: no finished shard jobs; run precompute first")
     first = markers[0]

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             handler.addFilter(_quiet_open_clip)
     from cache_format import CacheError
     from cache_format.io import StorageError
-    from cache_format.writer import JobsUnfinished
+    from cache_format.markers import JobsUnfinished
 
     from .datasets import DatasetError
 

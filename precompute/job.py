@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 
 from cache_format import QuestionRecord, ShardWriter, VideoRecord, finalize_cache, job_done
 from cache_format.io import StorageError, free_bytes, sha256_file
+from cache_format.markers import job_state
 from cache_format.schema import SHARD_DIR
-from cache_format.writer import job_state
 
 from .config import PrecomputeConfig
 from .datasets import Dataset, VideoItem
@@ -200,8 +200,10 @@ class Precomputer:
         job_done(self.cache_dir, self.record, 0, self.num_jobs)
         if not (self.cache_dir / SHARD_DIR).is_dir():
             return list(range(self.num_jobs))
+        # sizes only here (a look at every job); a job's sha256s are checked before it is
+        # skipped (run_job) and every job's when the manifest is written (finalize)
         return [i for i in range(self.num_jobs)
-                if job_state(self.cache_dir, i, self.num_jobs)[0] != "done"]
+                if job_state(self.cache_dir, i, self.num_jobs, full=False)[0] != "done"]
 
     def check_storage(self, job_index: int) -> None:
         """The cache directory is writable and has room for job `job_index` (StorageError)."""

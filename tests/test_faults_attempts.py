@@ -18,7 +18,7 @@ import pytest
 from synthetic_cache import TEST_MODEL, make_video
 
 from cache_format import ShardWriter, finalize_cache, job_done, verify_cache
-from cache_format.writer import JobsUnfinished
+from cache_format.markers import JobsUnfinished
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = {"faults": "attempts"}
