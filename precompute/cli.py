@@ -14,13 +14,7 @@ Two attempts of one job may overlap (a requeue while the first still runs): neit
 the other committed, and the cache ends whole. SIGTERM / SIGINT stop a job within seconds,
 remove its temporary files and decode workers, and leave it to be redone by a rerun.
 
-exit status:
-  0    done: the jobs asked for are finished (and the manifest written when all are)
-  1    unfinished jobs remain: resubmit / rerun (also --finalize naming missing or untrusted jobs)
-  2    bad input or configuration: fix the command, config, dataset or annotation file
-  3    fatal error: storage (disk full, file-size limit, I/O error, read-only or unwritable
-       --out) or GPU; one line names the path or device and the cause
-  130  stopped by SIGINT, 143 stopped by SIGTERM: unfinished, rerun to resume
+The exit status tells a wrapper what to do: see EXIT_STATUS (printed by --help).
 """
 
 from __future__ import annotations
@@ -36,6 +30,16 @@ logger = logging.getLogger(__name__)
 
 
 EXIT_DONE, EXIT_UNFINISHED, EXIT_BAD_INPUT, EXIT_FATAL = 0, 1, 2, 3
+EXIT_STATUS = """\
+exit status:
+  0    done: the jobs asked for are finished (and the manifest written when all are)
+  1    unfinished jobs remain: resubmit / rerun (also --finalize naming missing or
+       untrusted jobs)
+  2    bad input or configuration: fix the command, config, dataset or annotation file
+  3    fatal error: storage (disk full, file-size limit, I/O error, read-only or
+       unwritable --out) or GPU; one line names the path or device and the cause
+  130  stopped by SIGINT, 143 stopped by SIGTERM: unfinished, rerun to resume
+"""
 
 
 class Interrupted(BaseException):
@@ -85,6 +89,7 @@ def _quiet_open_clip(record: logging.LogRecord) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="videocfr precompute", description=__doc__,
+                                epilog=EXIT_STATUS,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="precompute YAML (configs/precompute/*.yaml)")
     p.add_argument("--dataset", required=True,
@@ -95,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-index", type=int, default=None,
                    help="run only job i in [0, N) (default: from SLURM, else all jobs)")
     p.add_argument("--finalize", action="store_true",
-                   help="only write manifest.json from finished jobs (error naming missing ones)")
+                   help="only write manifest.json from finished jobs (exit 1 naming missing jobs "
+                        "or jobs whose files fail their marker's sizes/sha256s)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="run the jobs in this process (local) or on Ray")
     p.add_argument("--device", default=None, help="override clip.device (cpu, cuda, cuda:1)")

@@ -188,3 +188,26 @@ def test_faults_allow_empty_loads(tmp_path):
     (tmp_path / "ann.jsonl").write_text("")
     (tmp_path / "ds.yaml").write_text("annotation: ann.jsonl\nvideo_root: .\n")
     assert load_dataset(str(tmp_path / "ds.yaml"), allow_empty=True).videos == []
+
+
+def test_faults_gpu_error_is_fatal(dataset, tmp_path, monkeypatch, capsys):
+    """A CUDA failure (here raised by the model factory) is exit 3, a bad option exit 2."""
+    ds, cfg = dataset
+
+    def no_gpu(_clip_cfg):
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr(job_mod, "default_embedder", no_gpu)
+    assert main(["--config", str(cfg), "--dataset", str(ds), "--out",
+                 str(tmp_path / "c")]) == EXIT_FATAL
+    assert "CUDA error" in capsys.readouterr().err
+    assert fd.leftovers(tmp_path / "c") == []
+
+
+def test_faults_exit_codes_in_help():
+    from precompute.cli import EXIT_UNFINISHED, build_parser
+
+    text = build_parser().format_help()
+    assert "exit status:" in text
+    for code in (0, EXIT_UNFINISHED, EXIT_BAD_INPUT, EXIT_FATAL, 130, 143):
+        assert f"\n  {code} " in text, code
