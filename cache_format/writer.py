@@ -289,7 +289,7 @@ class ShardWriter:
         lost = ("{} vanished before this attempt committed: another attempt judged this one "
                 "dead (a heartbeat older than VIDEOCFR_ATTEMPT_STALE_S?); rerun the job")
         if missing := self._missing_files():
-            raise schema.CacheError(lost.format(", ".join(missing)))
+            raise JobsUnfinished(lost.format(", ".join(missing)))
         marker = {
             "format": schema.FORMAT_NAME, "schema_version": schema.SCHEMA_VERSION,
             "config": self.config, "config_hash": self.config_hash, "embed_dim": self.embed_dim,
@@ -306,7 +306,7 @@ class ShardWriter:
                     path.unlink()
             except (OSError, ValueError):
                 pass
-            raise schema.CacheError(lost.format(", ".join(missing)))
+            raise JobsUnfinished(lost.format(", ".join(missing)))
 
 
 def write_shard(path: Path, videos: list[VideoRecord], questions: list[QuestionRecord],
