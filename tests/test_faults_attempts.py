@@ -218,3 +218,26 @@ def test_faults_no_flock_needed_names_are_attempt_unique(tmp_path):
     advance(a, "committed")
     finalize_cache(cache)
     assert_whole(cache)
+
+
+def test_faults_attempt_judged_dead_does_not_commit(tmp_path, monkeypatch):
+    """An attempt on another host whose heartbeat went stale is judged dead and its parts are
+    collected; when it wakes up, its commit finds them gone and refuses (no broken marker)."""
+    from cache_format.attempts import collect_garbage
+
+    cache = tmp_path / "c"
+    w = ShardWriter(cache, CFG, embed_dim=8, model=TEST_MODEL, max_videos=1)
+    w.__enter__()
+    w.add(make_video("v0", k=4, dim=8, seed=0), [])
+    claim = w._attempt.claim
+    info = json.loads(claim.read_text())
+    claim.write_text(json.dumps({**info, "host": "elsewhere/boot/ns"}))
+    monkeypatch.setenv("VIDEOCFR_ATTEMPT_STALE_S", "0")
+    assert collect_garbage(cache, 1) >= 2  # its part and its claim
+    monkeypatch.delenv("VIDEOCFR_ATTEMPT_STALE_S")
+    w.add(make_video("v1", k=4, dim=8, seed=1), [])
+    with pytest.raises(JobsUnfinished, match="vanished before this attempt committed"):
+        w.__exit__(None, None, None)
+    assert not (cache / "shards" / "job-00000-of-00001.json").exists()
+    plain_rerun(cache, 0)
+    assert_whole(cache)
