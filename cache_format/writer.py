@@ -1,12 +1,20 @@
 """ShardWriter: buffers records and writes whole HDF5 shards atomically; finalize_cache.
 
-A precompute job i of n owns the files `shards/{i:05d}-of-{n:05d}-{part:04d}.h5` and, once all
-of them are whole, its marker `shards/job-{i:05d}-of-{n:05d}.json`. `finalize_cache` writes
-`manifest.json` from the markers — last, so a cache with a manifest is complete.
+A precompute job i of n writes the files `shards/{i:05d}-of-{n:05d}-{part:04d}-{sha12}.h5` and,
+once all of them are whole, its marker `shards/job-{i:05d}-of-{n:05d}.json`, which names them
+with their sizes and sha256s. The marker is the job's single commit point, and it is trusted only
+while every file it names is there with those sizes and sha256s. `finalize_cache` writes
+`manifest.json` from trusted markers — last, so a cache with a manifest is complete. Several
+attempts of one job may overlap (cache_format/attempts.py says how they stay out of each other's
+way); none deletes what another committed.
+
+A shard is built in memory (HDF5 core driver) and written with plain `os.write`: a full disk or
+a file-size limit is an OSError naming the file, never a crash inside HDF5.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
@@ -16,20 +24,22 @@ import h5py
 import numpy as np
 
 from . import schema
-from .io import commit_file, remove_stale_tmp, sha256_file, tmp_path_for, write_json_atomic
+from .attempts import Attempt, collect_garbage
+from .io import StorageError, write_bytes_atomic, write_json_atomic
+from .markers import (  # noqa: F401  (part_name, marker_problem: re-exported)
+    JobsUnfinished,
+    job_state,
+    marker_name,
+    marker_problem,
+    part_name,
+    read_markers,
+    remember_sha256,
+)
 from .records import QuestionRecord, VideoRecord
 
 log = logging.getLogger(__name__)
 
 _STR = h5py.string_dtype("utf-8")
-
-
-def part_name(job_index: int, num_jobs: int, part: int) -> str:
-    return f"{job_index:05d}-of-{num_jobs:05d}-{part:04d}.h5"
-
-
-def marker_name(job_index: int, num_jobs: int) -> str:
-    return f"job-{job_index:05d}-of-{num_jobs:05d}.json"
 
 
 def collect_library_versions(extra: dict | None = None) -> dict[str, str]:
@@ -40,14 +50,6 @@ def collect_library_versions(extra: dict | None = None) -> dict[str, str]:
     return dict(sorted(versions.items()))
 
 
-def _read_markers(shard_dir: Path) -> list[dict]:
-    markers = []
-    for path in sorted(shard_dir.glob("job-*-of-*.json")):
-        with open(path, encoding="utf-8") as f:
-            markers.append(json.load(f))
-    return markers
-
-
 def _check_same_cache(cache_dir: Path, cfg_hash: str, num_jobs: int) -> None:
     """Refuse to mix configs or shardings in one cache directory."""
     manifest = cache_dir / schema.MANIFEST_NAME
@@ -55,7 +57,7 @@ def _check_same_cache(cache_dir: Path, cfg_hash: str, num_jobs: int) -> None:
     if manifest.exists():
         with open(manifest, encoding="utf-8") as f:
             hashes.append((manifest.name, json.load(f).get("config_hash"), None))
-    for m in _read_markers(cache_dir / schema.SHARD_DIR):
+    for m in read_markers(cache_dir / schema.SHARD_DIR):
         hashes.append((marker_name(m["job_index"], m["num_jobs"]), m["config_hash"],
                        m["num_jobs"]))
     for name, found, jobs in hashes:
@@ -70,18 +72,25 @@ def _check_same_cache(cache_dir: Path, cfg_hash: str, num_jobs: int) -> None:
 
 
 def job_done(cache_dir: str | Path, config: dict, job_index: int, num_jobs: int) -> bool:
-    """True when job `job_index` of `num_jobs` has finished with this config.
+    """True when job `job_index` of `num_jobs` has finished with this config and its marker is
+    trusted (every file it names exists with its recorded size and sha256).
+
+    A marker that fails the check is logged and the job counts as unfinished: the next run
+    redoes it, and the marker is replaced when the new attempt commits.
 
     Raises:
         CacheError: the directory holds a cache of another config or sharding.
     """
     cache_dir = Path(cache_dir)
-    marker = cache_dir / schema.SHARD_DIR / marker_name(job_index, num_jobs)
     if not (cache_dir / schema.SHARD_DIR).is_dir() and not (
             cache_dir / schema.MANIFEST_NAME).exists():
         return False
     _check_same_cache(cache_dir, schema.config_hash(config), num_jobs)
-    return marker.exists()
+    state, why = job_state(cache_dir, job_index, num_jobs)
+    if state == "invalid":
+        log.warning("job %d of %d has a marker that cannot be trusted (%s); it will be redone",
+                    job_index, num_jobs, why)
+    return state == "done"
 
 
 def _put(group: h5py.Group, name: str, data: np.ndarray | list[str], checksum: bool) -> None:
@@ -143,32 +152,55 @@ class ShardWriter:
         self._seen_videos: set[str] = set()
         self._counts = {"videos": 0, "failed_videos": 0, "questions": 0, "skipped_questions": 0}
         self._open = False
+        self._attempt: Attempt | None = None
 
     # -- context ------------------------------------------------------------------------------
     def __enter__(self) -> ShardWriter:
-        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.shard_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StorageError(self.shard_dir, err, "create") from None
         _check_same_cache(self.cache_dir, self.config_hash, self.num_jobs)
         marker = self.shard_dir / marker_name(self.job_index, self.num_jobs)
-        if marker.exists():
+        state, why = job_state(self.cache_dir, self.job_index, self.num_jobs)
+        if state == "done":
             raise schema.CacheError(f"job {self.job_index} of {self.num_jobs} is already finished "
                                     f"({marker}); delete the marker to redo it")
-        prefix = f"{self.job_index:05d}-of-{self.num_jobs:05d}-"
-        # only this job's leftovers: other jobs may be writing into the same directory
-        remove_stale_tmp(self.shard_dir, (prefix, marker.name))
-        for stale in self.shard_dir.glob(prefix + "*.h5"):  # parts of an unfinished earlier run
-            stale.unlink()
+        if state == "invalid":
+            log.warning("job %d of %d: redoing it, its marker cannot be trusted (%s)",
+                        self.job_index, self.num_jobs, why)
+        # Nothing is deleted here: another attempt of this job may be running, or may have
+        # committed; garbage is collected only after this attempt commits or stops.
+        self._attempt = Attempt(self.shard_dir, self.job_index, self.num_jobs)
+        self._attempt.start()
         self._open = True
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._open = False
-        if exc_type is not None:
-            log.warning("job %d/%d stopped by %s; no marker written", self.job_index,
-                        self.num_jobs, exc_type.__name__)
+        if exc_type is None:
+            try:
+                if self._videos or not self._files:
+                    self._flush()
+                self._write_marker()
+            except BaseException:
+                self._stop()
+                raise
+            self._stop()
             return
-        if self._videos or not self._files:
-            self._flush()
-        self._write_marker()
+        # a write failure or an interrupt is reported once by the caller; anything else here
+        level = logging.DEBUG if (issubclass(exc_type, StorageError)
+                                  or not issubclass(exc_type, Exception)) else logging.WARNING
+        log.log(level, "job %d/%d stopped by %s; no marker written", self.job_index,
+                self.num_jobs, exc_type.__name__)
+        self._stop()
+
+    def _stop(self) -> None:
+        """End this attempt (claim and temporary files gone), then collect this job's garbage."""
+        if self._attempt is not None:
+            self._attempt.end()
+            self._attempt = None
+        collect_garbage(self.cache_dir, self.num_jobs, {self.job_index})
 
     # -- records ------------------------------------------------------------------------------
     def add(self, video: VideoRecord, questions: list[QuestionRecord], *,
@@ -223,35 +255,77 @@ class ShardWriter:
     # -- files --------------------------------------------------------------------------------
     def _flush(self) -> None:
         part = len(self._files)
-        final = self.shard_dir / part_name(self.job_index, self.num_jobs, part)
-        tmp = tmp_path_for(final)
         attrs = {"format": schema.FORMAT_NAME, "schema_version": schema.SCHEMA_VERSION,
                  "config_hash": self.config_hash, "embed_dim": self.embed_dim,
                  "job_index": self.job_index, "num_jobs": self.num_jobs, "part": part}
-        write_shard(tmp, self._videos, self._questions, self._aliases, attrs, self.embed_dim)
-        commit_file(tmp, final)
+        image = shard_image(self._videos, self._questions, self._aliases, attrs, self.embed_dim)
+        digest = hashlib.sha256(image).hexdigest()
+        final = self.shard_dir / part_name(self.job_index, self.num_jobs, part, digest)
+        self._attempt.announce(final.name)  # before the name exists: see attempts.py
+        write_bytes_atomic(final, image, self._attempt.tmp(part_name(self.job_index,
+                                                                     self.num_jobs, part)))
+        remember_sha256(final, digest)
         self._files.append({
-            "path": f"{schema.SHARD_DIR}/{final.name}", "sha256": sha256_file(final),
-            "bytes": final.stat().st_size, "videos": len(self._videos),
+            "path": f"{schema.SHARD_DIR}/{final.name}", "sha256": digest,
+            "bytes": len(image), "videos": len(self._videos),
             "failed_videos": sum(not v.ok for v in self._videos),
             "questions": len(self._questions)})
         log.info("wrote %s (%d videos, %d questions)", final, len(self._videos),
                  len(self._questions))
         self._videos, self._questions, self._aliases, self._bytes = [], [], [], 0
 
+    def _missing_files(self) -> list[str]:
+        missing = []
+        for f in self._files:
+            try:
+                if (self.cache_dir / f["path"]).stat().st_size != f["bytes"]:
+                    missing.append(f["path"])
+            except FileNotFoundError:
+                missing.append(f["path"])
+        return missing
+
     def _write_marker(self) -> None:
+        """Commit: write the marker, only while every part it names is in place."""
+        lost = ("{} vanished before this attempt committed: another attempt judged this one "
+                "dead (a heartbeat older than VIDEOCFR_ATTEMPT_STALE_S?); rerun the job")
+        if missing := self._missing_files():
+            raise JobsUnfinished(lost.format(", ".join(missing)))
         marker = {
             "format": schema.FORMAT_NAME, "schema_version": schema.SCHEMA_VERSION,
             "config": self.config, "config_hash": self.config_hash, "embed_dim": self.embed_dim,
             "model": self.model, "library_versions": self.library_versions,
             "job_index": self.job_index, "num_jobs": self.num_jobs, "files": self._files,
-            "counts": self._counts, "failures": self._failures}
-        write_json_atomic(self.shard_dir / marker_name(self.job_index, self.num_jobs), marker)
+            "counts": self._counts, "failures": self._failures,
+            "attempt": self._attempt.token}
+        path = self.shard_dir / marker_name(self.job_index, self.num_jobs)
+        write_json_atomic(path, marker, self._attempt.tmp(path.name))
+        if missing := self._missing_files():  # lost between the check and the rename
+            try:
+                if json.loads(path.read_text(encoding="utf-8")).get("attempt") == \
+                        self._attempt.token:
+                    path.unlink()
+            except (OSError, ValueError):
+                pass
+            raise JobsUnfinished(lost.format(", ".join(missing)))
 
 
 def write_shard(path: Path, videos: list[VideoRecord], questions: list[QuestionRecord],
                 aliases: list[tuple[str, str]], attrs: dict, embed_dim: int) -> None:
-    """Write one shard file at `path` (not atomic by itself: the caller renames it)."""
+    """Write one shard file at `path` atomically.
+
+    Raises:
+        StorageError: the file could not be written (nothing is left at `path`'s temp name).
+    """
+    write_bytes_atomic(Path(path), shard_image(videos, questions, aliases, attrs, embed_dim))
+
+
+def shard_image(videos: list[VideoRecord], questions: list[QuestionRecord],
+                aliases: list[tuple[str, str]], attrs: dict, embed_dim: int) -> bytes:
+    """The bytes of one shard file, built in memory (HDF5 core driver, no backing store).
+
+    HDF5 never touches the disk here, so a full disk cannot leave it in a state that crashes
+    at close; the caller writes the bytes with plain file I/O.
+    """
     row_of = {v.video_id: i for i, v in enumerate(videos)}
     row_of.update({alias: row_of[vid] for alias, vid in aliases})
     k = [v.num_sampled for v in videos]
@@ -298,28 +372,57 @@ def write_shard(path: Path, videos: list[VideoRecord], questions: list[QuestionR
     }
     for name in ("uniform", "scene", "semantic", "semantic_raw", "prior"):
         data[f"qframes/{name}"] = cat([getattr(q, name) for q in questions], np.float32)
-    with h5py.File(path, "w", track_order=False) as f:
+    _IMAGES[0] += 1
+    with h5py.File(f"videocfr-shard-{_IMAGES[0]}", "w", driver="core", backing_store=False,
+                   track_order=False) as f:
         for key, value in attrs.items():
             f.attrs[key] = value
         for name in schema.SHARD_DATASETS:  # fixed order: identical input, identical bytes
             group, leaf = name.split("/")
             grp = f.require_group(group)
             _put(grp, leaf, data[name], name in schema.CHECKSUMMED)
+        f.flush()
+        return f.id.get_file_image()
+
+
+_IMAGES = [0]  # a unique in-memory file name per image (HDF5 keys open files by name)
 
 
 def finalize_cache(cache_dir: str | Path) -> dict:
     """Write manifest.json from the job markers once every job has finished.
 
+    Every marker is checked first (each file it names exists with its size and sha256). After
+    the manifest is renamed into place its files are checked again, and the manifest is rebuilt
+    when an overlapping attempt replaced a marker meanwhile. Then the garbage of dead or
+    superseded attempts is removed.
+
     Returns:
         The manifest.
 
     Raises:
-        CacheError: no markers, jobs missing (named), or markers that disagree.
+        CacheError: no markers, or markers that disagree.
+        JobsUnfinished: jobs missing or with a marker that cannot be trusted (named; rerun them).
+        StorageError: the manifest could not be written.
     """
     cache_dir = Path(cache_dir)
-    markers = _read_markers(cache_dir / schema.SHARD_DIR)
+    path = cache_dir / schema.MANIFEST_NAME
+    for _ in range(3):
+        manifest = _manifest_from_markers(cache_dir)
+        write_json_atomic(path, manifest)
+        gone = [f["path"] for f in manifest["shards"] if not (cache_dir / f["path"]).exists()]
+        if not gone:
+            collect_garbage(cache_dir, manifest["num_jobs"])
+            return manifest
+        log.warning("%s changed while finalizing (%s); finalizing again", cache_dir, gone[0])
+    path.unlink(missing_ok=True)
+    raise JobsUnfinished(f"{cache_dir}: shard files keep vanishing while finalizing ({gone[0]}); "
+                         f"another attempt is still running: finalize once it has ended")
+
+
+def _manifest_from_markers(cache_dir: Path) -> dict:
+    markers = read_markers(cache_dir / schema.SHARD_DIR)
     if not markers:
-        raise schema.CacheError(f"{cache_dir}: no finished shard jobs; run precompute first")
+        raise JobsUnfinished(f"{cache_dir}: no finished shard jobs; run precompute first")
     first = markers[0]
     num_jobs = first["num_jobs"]
     for m in markers[1:]:
@@ -328,12 +431,19 @@ def finalize_cache(cache_dir: str | Path) -> dict:
                 raise schema.CacheError(f"{cache_dir}: job markers disagree on {key}: "
                                         f"{first[key]!r} vs {m[key]!r}")
     missing = sorted(set(range(num_jobs)) - {m["job_index"] for m in markers})
-    if missing:
-        shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
-        raise schema.CacheError(f"{cache_dir}: {len(missing)} of {num_jobs} shard jobs are not "
-                                f"finished (job index {shown}); run them, then finalize")
+    bad = [(m["job_index"], p) for m in markers if (p := marker_problem(cache_dir, m))]
+    if missing or bad:
+        lines = []
+        if missing:
+            shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
+            lines.append(f"{len(missing)} of {num_jobs} shard jobs are not finished (job index "
+                         f"{shown})")
+        for i, problem in bad[:20]:
+            lines.append(f"job {i}'s marker cannot be trusted: {problem}")
+        raise JobsUnfinished(f"{cache_dir}: {'; '.join(lines)}; run them (again), then "
+                             f"finalize")
     counts = {key: sum(m["counts"][key] for m in markers) for key in first["counts"]}
-    manifest = {
+    return {
         "format": schema.FORMAT_NAME, "schema_version": schema.SCHEMA_VERSION,
         "config": first["config"], "config_hash": first["config_hash"],
         "embed_dim": first["embed_dim"], "model": first["model"],
@@ -341,5 +451,3 @@ def finalize_cache(cache_dir: str | Path) -> dict:
         "shards": [f for m in markers for f in m["files"]], "counts": counts,
         "failures": [x for m in markers for x in m["failures"]],
     }
-    write_json_atomic(cache_dir / schema.MANIFEST_NAME, manifest)
-    return manifest

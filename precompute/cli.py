@@ -9,6 +9,12 @@ Without --shard-index every unfinished job runs here (or on Ray); finished jobs 
 without loading the model. Under a SLURM array, --num-shards and --shard-index default to
 SLURM_ARRAY_TASK_COUNT and SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN. Whenever all jobs are
 done, the manifest is written (the last job of an array does it).
+
+Two attempts of one job may overlap (a requeue while the first still runs): neither deletes what
+the other committed, and the cache ends whole. SIGTERM / SIGINT stop a job within seconds,
+remove its temporary files and decode workers, and leave it to be redone by a rerun.
+
+The exit status tells a wrapper what to do: see EXIT_STATUS (printed by --help).
 """
 
 from __future__ import annotations
@@ -16,9 +22,54 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 
 logger = logging.getLogger(__name__)
+
+
+EXIT_DONE, EXIT_UNFINISHED, EXIT_BAD_INPUT, EXIT_FATAL = 0, 1, 2, 3
+EXIT_STATUS = """\
+exit status:
+  0    done: the jobs asked for are finished (and the manifest written when all are)
+  1    unfinished jobs remain: resubmit / rerun (also --finalize naming missing or
+       untrusted jobs)
+  2    bad input or configuration: fix the command, config, dataset or annotation file
+  3    fatal error: storage (disk full, file-size limit, I/O error, read-only or
+       unwritable --out) or GPU; one line names the path or device and the cause
+  130  stopped by SIGINT, 143 stopped by SIGTERM: unfinished, rerun to resume
+"""
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived; raised in the main thread so every `with` block cleans up."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum, _frame) -> None:
+    # one stop is enough: later signals must not interrupt the clean-up
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM/SIGINT raise Interrupted; SIGXFSZ is ignored so a write past the file-size limit
+    fails with EFBIG (an error naming the file) instead of killing the process."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _on_signal)
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def _gpu_error(err: BaseException) -> bool:
+    text = f"{type(err).__name__} {err}"
+    return any(word in text for word in ("CUDA", "cuDNN", "cuBLAS", "NCCL", "OutOfMemory",
+                                         "out of memory", "HIP error"))
 
 
 def slurm_defaults(env: dict | None = None) -> tuple[int | None, int | None]:
@@ -38,6 +89,7 @@ def _quiet_open_clip(record: logging.LogRecord) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="videocfr precompute", description=__doc__,
+                                epilog=EXIT_STATUS,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="precompute YAML (configs/precompute/*.yaml)")
     p.add_argument("--dataset", required=True,
@@ -48,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-index", type=int, default=None,
                    help="run only job i in [0, N) (default: from SLURM, else all jobs)")
     p.add_argument("--finalize", action="store_true",
-                   help="only write manifest.json from finished jobs (error naming missing ones)")
+                   help="only write manifest.json from finished jobs (exit 1 naming missing jobs "
+                        "or jobs whose files fail their marker's sizes/sha256s)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="run the jobs in this process (local) or on Ray")
     p.add_argument("--ray-retries", type=int, default=2,
@@ -56,12 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-timeout", type=float, default=None,
                    help="--engine ray: cancel a job running longer than this (seconds)")
     p.add_argument("--device", default=None, help="override clip.device (cpu, cuda, cuda:1)")
+    p.add_argument("--min-free-gb", type=float, default=None,
+                   help="free space a job needs before the model loads (default: an estimate "
+                        "from the job's videos and questions; 0 skips the check)")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="accept an annotation file with no video question (else exit 2)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 1 unfinished jobs remain, 2 bad input)."""
+    """Entry point; returns the exit status (see the module docstring: 0, 1, 2, 3, 130, 143)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -69,17 +127,42 @@ def main(argv: list[str] | None = None) -> int:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_quiet_open_clip)
     from cache_format import CacheError
+    from cache_format.io import StorageError
+    from cache_format.markers import JobsUnfinished
 
     from .datasets import DatasetError
 
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    if main_thread:
+        install_signal_handlers()
+
+    def fail(code: int, err: BaseException) -> int:
+        print(f"videocfr precompute: error: {err}", file=sys.stderr)
+        return code
+
     try:
         return _run(args)
+    except Interrupted as stop:
+        name = signal.Signals(stop.signum).name
+        print(f"videocfr precompute: stopped by {name}; unfinished jobs keep no marker and "
+              f"are redone by a rerun", file=sys.stderr)
+        return 128 + stop.signum
+    except JobsUnfinished as err:
+        return fail(EXIT_UNFINISHED, err)
+    except StorageError as err:
+        return fail(EXIT_FATAL, err)
     except (CacheError, DatasetError, ValueError, FileNotFoundError) as err:
-        print(f"videocfr precompute: error: {err}", file=sys.stderr)
-        return 2
+        return fail(EXIT_BAD_INPUT, err)
+    except OSError as err:  # not one of our writes: still an I/O failure, not bad input
+        return fail(EXIT_FATAL, err)
     except RuntimeError as err:
-        print(f"videocfr precompute: error: {err}", file=sys.stderr)
-        return 2
+        return fail(EXIT_FATAL if _gpu_error(err) or "decode worker" in str(err)
+                    else EXIT_BAD_INPUT, err)
+    finally:
+        if main_thread:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -103,9 +186,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.device:
         config = dataclasses.replace(config, clip=dataclasses.replace(config.clip,
                                                                       device=args.device))
-    dataset = load_dataset(args.dataset)
+    if args.min_free_gb is not None and args.min_free_gb < 0:
+        raise ValueError(f"--min-free-gb must be >= 0, got {args.min_free_gb}")
+    dataset = load_dataset(args.dataset, allow_empty=args.allow_empty)
     config = config.with_sampling(dataset.config.sampling)
-    pre = Precomputer(config, dataset, args.out, num_jobs=num)
+    min_free = None if args.min_free_gb is None else int(args.min_free_gb * 1e9)
+    pre = Precomputer(config, dataset, args.out, num_jobs=num, min_free_bytes=min_free)
 
     if args.finalize:
         manifest = pre.finalize()
@@ -126,7 +212,7 @@ def _run(args: argparse.Namespace) -> int:
     if left:
         print(f"{len(left)} of {num} shard jobs still to run (e.g. {left[:5]}); run them, then "
               f"`videocfr precompute ... --finalize` (or rerun without --shard-index)")
-        return 0 if index is not None else 1
+        return EXIT_DONE if index is not None else EXIT_UNFINISHED
     manifest = pre.finalize()
     _summary(args.out, manifest)
     return 0

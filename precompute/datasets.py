@@ -354,11 +354,12 @@ def load_dataset_config(name_or_path: str) -> DatasetConfig:
     return DatasetConfig(**data)
 
 
-def load_dataset(config: DatasetConfig | str) -> Dataset:
+def load_dataset(config: DatasetConfig | str, allow_empty: bool = False) -> Dataset:
     """Load a dataset: read its records, group them by video, report missing video files.
 
     Args:
         config: a DatasetConfig, or a name / YAML path as `--dataset` takes it.
+        allow_empty: accept an annotation file with no video question (else DatasetError).
 
     Returns:
         Dataset with videos sorted by id. Missing video files are logged by name here and
@@ -374,6 +375,11 @@ def load_dataset(config: DatasetConfig | str) -> Dataset:
     records = read_records(path)
     fmt = config.format if config.format != "auto" else detect_format(records)
     items, skipped = parse_records(records, fmt, path)
+    if not items and not allow_empty:
+        raise DatasetError(f"{path}: no video questions ({len(records)} records, {skipped} "
+                           f"image records skipped); an empty annotation file is usually a "
+                           f"failed download: fetch it again (--allow-empty builds an empty "
+                           f"cache anyway)")
     videos = group_by_video(items, Path(config.video_root), path)
     config.format = fmt
     dataset = Dataset(config=config, videos=videos, num_records=len(records),

@@ -1,10 +1,15 @@
 """Shard jobs: decode, embed, score and write the videos of one job; finalize the cache.
 
 Videos are assigned to jobs deterministically: sorted by video_id, job i of N takes every N-th
-video starting at i. Each job is independent and idempotent: a job whose marker exists (with the
-same config hash) is skipped WITHOUT loading the CLIP model; an unfinished one (killed, crashed)
-leaves no marker and is redone whole. Once every job has its marker, `finalize_cache` writes the
-manifest.
+video starting at i. Each job is independent and idempotent: a job whose marker is trusted (same
+config hash; every file it names there with its size and sha256) is skipped WITHOUT loading the
+CLIP model; an unfinished one (killed, crashed, or a marker that fails the check) is redone
+whole. Two attempts of one job may overlap (a requeue): see cache_format/attempts.py. Once every
+job has its marker, `finalize_cache` writes the manifest.
+
+Before the model loads, a job checks that the cache directory is writable and has free space for
+an estimate of its shards (`min_free_bytes`, or `estimate_job_bytes`), so a wrong `--out` or a
+full disk fails in seconds with a StorageError, not after the model has loaded.
 
 Per video: one decode pass in a worker process (precompute/worker.py, enforced timeout), CLIP on
 the K sampled frames and on the question queries, the saliences (METHOD §2) and the fused prior
@@ -19,7 +24,9 @@ come back; on the CPU the numpy path (saliences.semantic_raw) scores them. A GPU
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
@@ -30,9 +37,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cache_format import QuestionRecord, ShardWriter, VideoRecord, finalize_cache, job_done
-from cache_format.io import sha256_file
+from cache_format.io import StorageError, free_bytes, sha256_file
+from cache_format.markers import job_state
 from cache_format.schema import SHARD_DIR
-from cache_format.writer import marker_name
 
 from .config import PrecomputeConfig
 from .datasets import Dataset, VideoItem
@@ -88,6 +95,53 @@ def recorded_config(config: PrecomputeConfig, dataset: Dataset) -> dict:
     return out
 
 
+def estimate_job_bytes(videos: list[VideoItem], num_frames: int, embed_dim: int = 1024) -> int:
+    """A generous estimate of the shard bytes one job writes (used before the model loads).
+
+    Per video: K float16 embeddings of `embed_dim` plus frame tables; per question: a float16
+    text embedding and five float32 [K] saliences; 1.5x for HDF5 overhead. `embed_dim` 1024
+    covers ViT-L/H CLIP (ViT-B is 512).
+    """
+    k = num_frames
+    questions = sum(len(v.questions) for v in videos)
+    raw = len(videos) * (k * (2 * embed_dim + 32) + 2048) + questions * (
+        2 * embed_dim + 5 * 4 * k + 1024)
+    return int(raw * 1.5) + (1 << 20)
+
+
+def check_output_dir(cache_dir: Path, need_bytes: int) -> None:
+    """Fail early, before the model loads, when the cache cannot be written.
+
+    Creates `cache_dir/shards`, writes and removes a probe file there, and compares the free
+    space with `need_bytes` (0 skips that comparison).
+
+    Raises:
+        StorageError: naming the path and the cause (not a directory, read-only, no space...).
+    """
+    shard_dir = cache_dir / SHARD_DIR
+    try:
+        shard_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StorageError(shard_dir, err, "create") from None
+    probe = shard_dir / f".tmp-probe.{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, b"probe")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+    except OSError as err:
+        raise StorageError(shard_dir, err, "write in") from None
+    if need_bytes > 0:
+        free = free_bytes(shard_dir)
+        if free < need_bytes:
+            raise StorageError(shard_dir, errno.ENOSPC, "write in", detail=(
+                f"this job needs about {need_bytes / 1e9:.2f} GB, {free / 1e9:.2f} GB free "
+                f"(--min-free-gb sets the estimate; 0 skips the check)"))
+
+
 def content_hash(path: Path) -> str:
     """sha256 of a video file, "" when it cannot be read."""
     try:
@@ -120,11 +174,16 @@ class Precomputer:
         device_scores: compute the semantic scores with torch on the embedder's device (True),
             with numpy on the host (False), or None: on the device unless it is the CPU (the
             numpy path keeps CPU caches as they were; tests compare both).
+        min_free_bytes: free space a job needs before it starts (None: `estimate_job_bytes`;
+            0: no check).
     """
 
     def __init__(self, config: PrecomputeConfig, dataset: Dataset, cache_dir: str | Path,
                  num_jobs: int = 1, embedder_factory: Callable | None = None,
-                 device_scores: bool | None = None):
+                 device_scores: bool | None = None, min_free_bytes: int | None = None):
+        if min_free_bytes is not None and min_free_bytes < 0:
+            raise ValueError(f"min_free_bytes must be >= 0, got {min_free_bytes}")
+        self.min_free_bytes = min_free_bytes
         self.config = config
         self.dataset = dataset
         self.cache_dir = Path(cache_dir)
@@ -148,16 +207,28 @@ class Precomputer:
         return self._embedder is not None
 
     def pending(self) -> list[int]:
-        """Job indices without a finished marker.
+        """Job indices without a trusted marker (absent, or naming files that fail the check).
 
         Raises:
             CacheError: the directory holds a cache of another config or sharding.
         """
-        # one job_done call checks every marker's config hash and sharding; then only presence
+        # one job_done call checks every marker's config hash and sharding; then each marker
         job_done(self.cache_dir, self.record, 0, self.num_jobs)
-        shard_dir = self.cache_dir / SHARD_DIR
+        if not (self.cache_dir / SHARD_DIR).is_dir():
+            return list(range(self.num_jobs))
+        # sizes only here (a look at every job); a job's sha256s are checked before it is
+        # skipped (run_job) and every job's when the manifest is written (finalize)
         return [i for i in range(self.num_jobs)
-                if not (shard_dir / marker_name(i, self.num_jobs)).exists()]
+                if job_state(self.cache_dir, i, self.num_jobs, full=False)[0] != "done"]
+
+    def check_storage(self, job_index: int) -> None:
+        """The cache directory is writable and has room for job `job_index` (StorageError)."""
+        need = self.min_free_bytes
+        if need is None:
+            sampling = self.config.sampling
+            k = sampling.max_frames if sampling.fps else sampling.num_frames
+            need = estimate_job_bytes([self._videos[v] for v in self.jobs[job_index]], k)
+        check_output_dir(self.cache_dir, need)
 
     def run_job(self, job_index: int) -> JobResult:
         """Run job `job_index` unless it is done (then skip without loading the model)."""
@@ -167,6 +238,7 @@ class Precomputer:
         if job_done(self.cache_dir, self.record, job_index, self.num_jobs):
             logger.info("job %d of %d already done; skipped", job_index, self.num_jobs)
             return JobResult(job_index, "skipped")
+        self.check_storage(job_index)  # before the model loads
         if self._embedder is None and self._factory is default_embedder:
             from .clip import resolve_device
 

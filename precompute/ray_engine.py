@@ -150,7 +150,7 @@ def _ray_job(config_dict: dict, dataset_config: dict, cache_dir: str, num_jobs: 
     from .job import Precomputer
 
     config = PrecomputeConfig.from_dict(config_dict)
-    dataset = load_dataset(DatasetConfig(**dataset_config))
+    dataset = load_dataset(DatasetConfig(**dataset_config), allow_empty=True)  # driver checked
     return dataclasses.asdict(Precomputer(config, dataset, cache_dir, num_jobs).run_job(job_index))
 
 

@@ -20,19 +20,30 @@ DecodedVideo a single pass gives. Parts of the next videos fill workers that fin
 Results come back IN INPUT ORDER. Test hook: the environment variable
 VIDEOCFR_DEBUG_DECODE_FAULT="hang:<substring>;crash:<substring>" makes the worker sleep forever
 (hang) or kill itself with SIGSEGV (crash) on any path containing the substring; it exists
-because decord cannot be made to hang on demand.
+because decord cannot be made to hang on demand. With VIDEOCFR_DEBUG_DECODE_FAULT_FLAG=<file>
+a hanging worker creates that file first (so a test knows the hang has begun) and stops hanging
+once `<file>.release` exists (so a test can order two runs' events).
+
+Workers die with their parent, even when it is killed outright: each worker asks the kernel for
+SIGKILL at its parent's death (Linux `prctl(PR_SET_PDEATHSIG)`; the "parent" is the creating
+THREAD, so workers are created by one pool-lifetime spawner thread) and also watches its parent
+pid from a thread (other systems). Workers ignore SIGINT: a Ctrl-C reaches the whole process
+group, and the parent decides (it stops them), so no worker prints a traceback.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -50,6 +61,8 @@ from .scenes import SceneConfig
 logger = logging.getLogger(__name__)
 
 FAULT_ENV = "VIDEOCFR_DEBUG_DECODE_FAULT"
+FAULT_FLAG_ENV = "VIDEOCFR_DEBUG_DECODE_FAULT_FLAG"
+_PR_SET_PDEATHSIG = 1
 STARTUP_TIMEOUT_S = 300.0  # spawn + imports; generous for loaded machines
 _POLL_S = 0.5  # how often a blocked supervisor looks at its stop flag
 
@@ -61,15 +74,43 @@ def _maybe_fault(path: str) -> None:
         kind, _, needle = rule.partition(":")
         if needle and needle in path:
             if kind == "hang":
-                while True:
-                    time.sleep(3600)
+                flag = os.environ.get(FAULT_FLAG_ENV)
+                if flag:
+                    open(flag, "a").close()
+                while not (flag and os.path.exists(flag + ".release")):
+                    time.sleep(0.05 if flag else 3600)
+                return
             if kind == "crash":
                 os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def die_with_parent() -> None:
+    """In a worker: die when the parent process dies; leave SIGINT to the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+                logger.debug("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+        except (OSError, AttributeError) as err:
+            logger.debug("no prctl: %s", err)
+    if parent == 1:  # the parent died before the request took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
+                     name="videocfr-parent-watch").start()
 
 
 def _worker_main(conn, sampling: SamplingConfig, scenes_cfg: SceneConfig,
                  num_threads: int, min_part_frames: int) -> None:
     """Worker process: decode the parts it is sent, answer (seq, part, DecodedPart | error)."""
+    die_with_parent()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     import cv2
@@ -371,12 +412,19 @@ class DecodePool:
         self.workers: list[_Worker | None] = [None] * workers
         self._stop = threading.Event()
         self._decoding = False
+        self._spawner: ThreadPoolExecutor | None = None
+
+    def _spawn(self) -> _Worker:
+        """A new worker, created by the pool's spawner thread (see die_with_parent)."""
+        if self._spawner is None:
+            self._spawner = ThreadPoolExecutor(1, thread_name_prefix="videocfr-decode-spawn")
+        return self._spawner.submit(_Worker, self.ctx, self.args).result()
 
     def start(self, wait: bool = True, limit: int | None = None) -> None:
         """Spawn the missing workers (at most `limit`), together; wait until they are ready."""
         missing = [w for w, wk in enumerate(self.workers) if wk is None]
         for w in missing[:limit]:
-            self.workers[w] = _Worker(self.ctx, self.args)
+            self.workers[w] = self._spawn()
         if wait:
             for wk in self.workers:
                 if wk is not None:
@@ -411,6 +459,9 @@ class DecodePool:
             if wk is not None:
                 wk.close()
                 self.workers[w] = None
+        if self._spawner is not None:
+            self._spawner.shutdown(wait=True)
+            self._spawner = None
 
     def __enter__(self) -> DecodePool:
         return self

@@ -231,8 +231,8 @@ def test_shard_file_has_documented_layout(tmp_path):
 def test_a_job_clears_only_its_own_leftovers(tmp_path):
     shards = tmp_path / "shards"
     shards.mkdir()
-    mine = shards / ".tmp-00000-of-00002-0000.h5.999999"
-    other = shards / ".tmp-00001-of-00002-0000.h5.999998"  # job 1 may be writing right now
+    mine = shards / ".tmp-00000-of-00002-0000.h5.0123456789ab"  # of a dead attempt (no claim)
+    other = shards / ".tmp-00001-of-00002-0000.h5.ba9876543210"  # job 1 may be writing now
     mine.write_bytes(b"x")
     other.write_bytes(b"x")
     with ShardWriter(tmp_path, {"x": 1}, embed_dim=8, model=TEST_MODEL, job_index=0,
