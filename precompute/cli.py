@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     from cache_format.io import StorageError
     from cache_format.markers import JobsUnfinished
 
+    from .clip import DeviceFailure
     from .datasets import DatasetError
 
     main_thread = threading.current_thread() is threading.main_thread()
@@ -151,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     except JobsUnfinished as err:
         return fail(EXIT_UNFINISHED, err)
     except StorageError as err:
+        return fail(EXIT_FATAL, err)
+    except DeviceFailure as err:  # the GPU failed: the job left no marker; resubmit it
         return fail(EXIT_FATAL, err)
     except (CacheError, DatasetError, ValueError, FileNotFoundError) as err:
         return fail(EXIT_BAD_INPUT, err)
