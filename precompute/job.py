@@ -277,13 +277,17 @@ class Precomputer:
     def _records(self, decoded) -> Iterator[tuple[VideoItem, VideoRecord,
                                                    list[QuestionRecord]]]:
         """(video, record, question records) in input order, scored in groups of about
-        `clip.batch_size` frames (a group closes once it holds that many)."""
+        `clip.batch_size` frames (a group closes once it holds that many).
+
+        Groups are for the device path (large forwards keep a GPU busy). On the CPU each video is
+        scored as soon as it is decoded, so finished videos reach the shard while a later one is
+        still decoding (or hangs until its timeout)."""
         group: list[tuple[VideoItem, DecodedVideo | VideoDecodeError]] = []
         frames = 0
         for (video, _path), out in decoded:
             group.append((video, out))
             frames += len(out.frame_indices) if isinstance(out, DecodedVideo) else 0
-            if frames >= self.config.clip.batch_size:
+            if frames >= self.config.clip.batch_size or not self._on_device():
                 yield from self.process_group(group)
                 group, frames = [], 0
         yield from self.process_group(group)
