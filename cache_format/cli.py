@@ -23,7 +23,7 @@ from .storage import as_path
 from .verify import verify_cache, verify_shard
 
 STAGES = {
-    "precompute": ("precompute.cli", "decode, detect scenes, embed and write a prior cache"),
+    "precompute": ("precompute.cli", "decode, detect scenes, embed, write a prior cache"),
     "train": ("train.cli", "CF-GRPO training with priors looked up from a cache"),
     "evaluate": ("evaluate.cli", "QA accuracy, V-NIAH and focus metrics"),
 }

@@ -11,7 +11,7 @@ import sys
 
 SUBCOMMANDS = {
     "qa": ("evaluate.qa", "QA accuracy under frame-selection strategies and budgets"),
-    "vniah": ("evaluate.vniah", "needle in a video haystack: build haystacks, run, heatmaps"),
+    "vniah": ("evaluate.vniah", "needle in a video haystack: build, run, heatmaps"),
 }
 
 

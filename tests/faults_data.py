@@ -37,8 +37,8 @@ def make_dataset(root: Path) -> tuple[Path, Path]:
 
 
 def cli(ds: Path, cfg: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "precompute.cli", "--config", str(cfg), "--dataset", str(ds),
-            "--out", str(out), *extra]
+    return [sys.executable, "-m", "precompute.cli", "--config", str(cfg),
+            "--dataset", str(ds), "--out", str(out), *extra]
 
 
 def env(**extra: str) -> dict:
