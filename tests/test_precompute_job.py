@@ -123,8 +123,8 @@ def test_resume_after_sigkill(reference, tmp_path):
                PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
         [sys.executable, "-m", "precompute.cli", "--config", str(cfg),
-         "--dataset", str(ds), "--out", str(out), "--num-shards", "2"], cwd=REPO, env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+         "--dataset", str(ds), "--out", str(out), "--num-shards", "2"], cwd=REPO, env=env,
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     marker0 = out / "shards" / "job-00000-of-00002.json"
     try:
         deadline = time.monotonic() + 240
