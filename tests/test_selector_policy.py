@@ -94,3 +94,14 @@ def test_selector_greedy_is_deterministic():
                                      (10_000, 32)])
 def test_selector_curriculum_budget(step, n):
     assert curriculum_budget(step, [0, 100, 200, 300], [4, 8, 16, 32]) == n
+
+
+def test_selector_repeats_encode_once_with_the_same_result():
+    policy = _policy()
+    batch = collate(*_items([6, 9]))
+    sel = policy.sample(batch, 3, repeats=4, generator=torch.Generator().manual_seed(2))
+    assert sel.order.shape == (8, 3) and (sel.positions[:4] < 6).all()
+    a = policy.log_prob(batch, sel.order, repeats=4)[0]
+    b = policy.log_prob(batch.repeat(4), sel.order)[0]
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a, sel.logp, atol=1e-5, rtol=1e-5)

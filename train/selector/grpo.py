@@ -114,9 +114,8 @@ def grpo_step(policy: FrameSelector, optimizer: torch.optim.Optimizer, batch: Se
             swap it to check that the gradient follows the advantages).
     """
     device = batch.frames.device
-    rows = batch.repeat(num_samples)
     with torch.no_grad():
-        sel = policy.sample(rows, n, generator=generator)
+        sel = policy.sample(batch, n, generator=generator, repeats=num_samples)
     positions = sel.positions.cpu().numpy()
     raw = list(reward_fn(positions))
     if len(raw) != len(positions):
@@ -131,13 +130,14 @@ def grpo_step(policy: FrameSelector, optimizer: torch.optim.Optimizer, batch: Se
     loss_value = float("nan")
     if keep.any():
         keep_rows = torch.from_numpy(np.repeat(keep, num_samples)).to(device)
+        keep_q = torch.from_numpy(keep).to(device)
         r = torch.from_numpy(grouped[keep].reshape(-1)).float().to(device)
         adv = advantage_fn(r, num_samples).to(device)  # (B_kept*N,)
-        sub = SelectorBatch(*(t[keep_rows] for t in (rows.frames, rows.times, rows.mask,
-                                                     rows.question)))
+        sub = SelectorBatch(*(t[keep_q] for t in (batch.frames, batch.times, batch.mask,
+                                                  batch.question)))
         order, old_logp = sel.order[keep_rows], sel.logp[keep_rows]
         for _ in range(updates):
-            logp, ent = policy.log_prob(sub, order)
+            logp, ent = policy.log_prob(sub, order, repeats=num_samples)
             loss, stats = selector_loss(logp, old_logp, adv, ent, epsilon=epsilon,
                                         entropy_coef=entropy_coef)
             optimizer.zero_grad(set_to_none=True)

@@ -217,8 +217,16 @@ class FrameSelector(nn.Module):
             raise ValueError(f"budget n={n} must be in [1, K] for every question; the smallest K "
                              f"in this batch is {kmin} (skip questions with K < n before)")
 
+    def _encode_repeated(self, batch: SelectorBatch, repeats: int):
+        """Encode each question once, then repeat its encodings for its `repeats` rows."""
+        memory, pad, keys = self.encode(batch)
+        if repeats == 1:
+            return memory, pad, keys, batch.mask
+        rep = lambda t: t.repeat_interleave(repeats, dim=0)  # noqa: E731
+        return rep(memory), rep(pad), rep(keys), rep(batch.mask)
+
     def sample(self, batch: SelectorBatch, n: int, *, greedy: bool = False,
-               generator: torch.Generator | None = None) -> Selection:
+               generator: torch.Generator | None = None, repeats: int = 1) -> Selection:
         """Pick n distinct candidates per question.
 
         Args:
@@ -226,14 +234,16 @@ class FrameSelector(nn.Module):
             n: frames to pick.
             greedy: take the argmax at each step instead of sampling.
             generator: torch RNG for the sampling (None: the global one).
+            repeats: independent selections per question (rows b*repeats .. b*repeats+r-1 of
+                the result are question b's); the encoder runs once per question.
 
         Returns:
-            Selection; its logp/entropy carry gradients when grad is enabled.
+            Selection of B*repeats rows; its logp/entropy carry gradients when grad is enabled.
         """
         self._check_budget(batch, n)
-        memory, pad, keys = self.encode(batch)
-        b, k = batch.mask.shape
-        allowed = batch.mask.clone()
+        memory, pad, keys, mask = self._encode_repeated(batch, repeats)
+        b, k = mask.shape
+        allowed = mask.clone()
         order = torch.zeros(b, 0, dtype=torch.long, device=keys.device)
         logps, ents = [], []
         for _ in range(n):
@@ -251,26 +261,27 @@ class FrameSelector(nn.Module):
         return Selection(order=order, positions=order.sort(dim=1).values,
                          logp=torch.stack(logps, 1), entropy=torch.stack(ents, 1))
 
-    def log_prob(self, batch: SelectorBatch, order: torch.Tensor
+    def log_prob(self, batch: SelectorBatch, order: torch.Tensor, repeats: int = 1
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probs and entropies of given pick sequences, in one teacher-forced pass.
 
         Args:
             batch: B questions.
-            order: int64 [B, n], positions in pick order (distinct, real candidates).
+            order: int64 [B*repeats, n], positions in pick order (distinct, real candidates).
+            repeats: rows per question in `order` (as in `sample`).
 
         Returns:
             logp: float32 [B, n]; entropy: float32 [B, n] (same values as `sample` gave).
         """
         n = order.shape[1]
         self._check_budget(batch, n)
-        memory, pad, keys = self.encode(batch)
+        memory, pad, keys, mask = self._encode_repeated(batch, repeats)
         scores = self._scores(memory, pad, keys, self._prefix(memory, order[:, :-1]))  # (B,n,K)
-        b, k = batch.mask.shape
+        b, k = mask.shape
         chosen_before = torch.zeros(b, n, k, dtype=torch.bool, device=order.device)
         onehot = torch.nn.functional.one_hot(order, k).bool()  # (B, n, K)
         chosen_before[:, 1:] = onehot.cumsum(dim=1)[:, :-1].bool()
-        allowed = batch.mask[:, None, :] & ~chosen_before  # (B, n, K)
+        allowed = mask[:, None, :] & ~chosen_before  # (B, n, K)
         if not torch.gather(allowed, 2, order[..., None]).all():
             raise ValueError("order picks a padded or an already chosen candidate")
         logp_all = torch.log_softmax(scores.masked_fill(~allowed, -torch.inf), dim=-1)
