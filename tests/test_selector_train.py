@@ -162,9 +162,8 @@ def test_selector_margins_part_is_read_as_hostile_input(tmp_path, cache, damage)
 
 
 def test_selector_refocus_strategy_and_select_cli(tmp_path, cache):
-    from evaluate import strategies
-
     from cache_format.cli import main as videocfr
+    from evaluate import strategies
     from train.selector.select import load_refocus_strategy
 
     cache_dir, ann = cache

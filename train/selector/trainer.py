@@ -40,9 +40,9 @@ def build_reward(cfg: SelectorTrainConfig) -> Reward:
             raise ValueError("reward.kind needle needs data.annotation (records with "
                              "needle_frames)")
         return NeedleReward()
-    from cache_format import Cache  # noqa: PLC0415
     from evaluate.scorer import FrozenScorer  # noqa: PLC0415
 
+    from cache_format import Cache  # noqa: PLC0415
     from train.data import resolve_video_root  # noqa: PLC0415
 
     rc = cfg.reward
