@@ -226,3 +226,22 @@ def test_selector_margin_reward_uses_the_frozen_scorer(cache):
     r = reward(samples, [np.array([0, 3]), np.array([1, 2])])
     assert r[1] is None and reward.failures == 1
     assert -1 < r[0] < 1 and r[0] == pytest.approx(np.tanh(reward.last_margins[0] / 2))
+
+
+@pytest.mark.parametrize("name", ["refocus_tiny.yaml", "refocus_qwen2_5_vl_7b.yaml"])
+def test_selector_shipped_configs_load(name):
+    cfg = load_selector_config(Path(__file__).parents[1] / "configs" / "train" / name)
+    assert cfg.policy_config(512).embed_dim == 512
+    assert cfg.grpo.budgets[0] == 4
+
+
+def test_selector_config_errors_name_the_fix(tmp_path, cache):
+    path = _config(tmp_path, *cache)
+    with pytest.raises(ValueError, match="unknown key 'lr'"):
+        load_selector_config(path, ["grpo.lr=1"])
+    with pytest.raises(ValueError, match="milestones"):
+        load_selector_config(path, ["grpo.milestones=[0, 5]"])
+    with pytest.raises(ValueError, match="exceeds every question's K"):
+        train(load_selector_config(path, ["grpo.budgets=[2, 4, 10]"]))
+    with pytest.raises(ValueError, match="model_path"):
+        load_selector_config(path, ["reward.kind=margin"])

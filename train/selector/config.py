@@ -235,8 +235,7 @@ def load_selector_config(path: str | Path | None, overrides: list[str] | tuple[s
                 raise ValueError(f"{where}.{name}: unknown key {key!r}; known keys are "
                                  f"{sorted(known)}")
         if name == "policy":
-            PolicyConfig(**{"embed_dim": 1, **values, **({} if values.get("embed_dim") else
-                                                          {"embed_dim": 1})})  # validate early
+            PolicyConfig(**{**values, "embed_dim": values.get("embed_dim") or 1})  # validate
             kwargs[name] = values
         else:
             kwargs[name] = _SECTIONS[name](**values)

@@ -270,8 +270,14 @@ def main(argv: list[str] | None = None) -> int:
     except (CacheError, ValueError, FileNotFoundError) as err:
         print(f"videocfr precompute margins: error: {err}", file=sys.stderr)
         return 2
-    print(f"margins addition written: {out}" if out else
-          "margins: parts still missing; run the other shards (or --finalize later)")
+    if out is None:
+        print("margins: parts still missing; run the other shards (or --finalize later)")
+        return 0
+    found = load_margins(args.cache)
+    var = np.array([np.var(m) for m in found.values()]) if found else np.zeros(0)
+    print(f"margins addition written: {out} ({len(found)} questions scored; Var(m) >= 0.21 for "
+          f"{int((var >= 0.21).sum())}, median Var(m) "
+          f"{float(np.median(var)) if len(var) else float('nan'):.3f})")
     return 0
 
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from cache_format import Cache, CacheError, QuestionRecord, VideoRecord
 
 from .checkpoint import load_policy
-from .data import SelectorSample, make_batch, relative_times
+from .data import SelectorSample, make_batch, relative_times, video_r1_key
 from .policy import FrameSelector
 
 log = logging.getLogger(__name__)
@@ -113,15 +113,6 @@ def apply_refocus_argument(args: argparse.Namespace) -> RefocusStrategy | None:
     """Register `refocus` when `--refocus-checkpoint` was given."""
     ckpt = getattr(args, "refocus_checkpoint", None)
     return load_refocus_strategy(ckpt) if ckpt else None
-
-
-def _video_r1_key(rec: dict) -> tuple[str, str]:
-    """A Video-R1 record's cache key: its path without extension or "./", and problem_id (the
-    same keying as precompute's Video-R1 reader)."""
-    p = str(rec.get("path", "")).replace("\\", "/")
-    while p.startswith("./"):
-        p = p[2:]
-    return str(Path(p).with_suffix("")), str(rec.get("problem_id", ""))
 
 
 def select_all(cache: Cache, strategy: RefocusStrategy, n: int, batch_size: int = 64,
@@ -236,7 +227,7 @@ def _write_video_r1(cache: Cache, src: Path, dst: Path, chosen: dict, counts: di
     counts["not_in_cache"] = 0
     videos: dict[str, VideoRecord] = {}
     for rec in records:
-        key = _video_r1_key(rec) if isinstance(rec, dict) else None
+        key = video_r1_key(rec) if isinstance(rec, dict) else None
         if key is None or key not in chosen:
             counts["not_in_cache"] += 1  # image records, failed videos, K < n, other data
             continue
