@@ -245,3 +245,14 @@ def test_selector_config_errors_name_the_fix(tmp_path, cache):
         train(load_selector_config(path, ["grpo.budgets=[2, 4, 10]"]))
     with pytest.raises(ValueError, match="model_path"):
         load_selector_config(path, ["reward.kind=margin"])
+
+
+def test_selector_margins_cli_dispatch(tmp_path, cache, capsys):
+    from precompute.cli import main
+
+    assert main(["margins", "--cache", str(cache[0]), "--tiny-scorer", "--finalize",
+                 "--num-shards", "2"]) == 0
+    assert "parts still missing" in capsys.readouterr().out
+    assert main(["margins", "--cache", str(cache[0]), "--tiny-scorer", "--num-shards", "2",
+                 "--shard-index", "2"]) == 2
+    assert "--shard-index 2" in capsys.readouterr().err

@@ -282,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _reward(args):
-    from evaluate.scorer import FrozenScorer  # noqa: PLC0415
+    from .rewards import frozen_scorer_class  # noqa: PLC0415
+
+    FrozenScorer = frozen_scorer_class()  # noqa: N806
 
     from train.data import resolve_video_root  # noqa: PLC0415
 

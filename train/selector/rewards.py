@@ -43,6 +43,17 @@ def needle_hits(samples: Sequence[SelectorSample], subsets: Sequence[np.ndarray]
             for s, pos in zip(samples, subsets)]
 
 
+def frozen_scorer_class():
+    """`evaluate.scorer.FrozenScorer`, or a ValueError saying what is missing."""
+    try:
+        from evaluate.scorer import FrozenScorer  # noqa: PLC0415
+    except ModuleNotFoundError as err:
+        raise ValueError(f"the margin reward needs the frozen VLM scorer evaluate.scorer "
+                         f"({err}); it ships with the evaluate stage (evaluate/scorer.py)") \
+            from err
+    return FrozenScorer
+
+
 class CandidateFrames:
     """Decoded candidate frames of recently used videos (decode each video's K frames once).
 

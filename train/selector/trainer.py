@@ -26,7 +26,7 @@ from .config import SelectorTrainConfig
 from .data import SelectorSample, load_samples, make_batch, step_questions
 from .grpo import curriculum_budget, grpo_step
 from .policy import FrameSelector
-from .rewards import CandidateFrames, MarginReward, NeedleReward, needle_hits
+from .rewards import CandidateFrames, MarginReward, NeedleReward, frozen_scorer_class, needle_hits
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,12 @@ def build_reward(cfg: SelectorTrainConfig) -> Reward:
             raise ValueError("reward.kind needle needs data.annotation (records with "
                              "needle_frames)")
         return NeedleReward()
-    from evaluate.scorer import FrozenScorer  # noqa: PLC0415
 
     from cache_format import Cache  # noqa: PLC0415
     from train.data import resolve_video_root  # noqa: PLC0415
 
     rc = cfg.reward
+    FrozenScorer = frozen_scorer_class()  # noqa: N806
     scorer = (FrozenScorer.tiny(seed=cfg.run.seed) if rc.tiny else
               FrozenScorer.from_pretrained(rc.model_path, device=rc.device, dtype=rc.dtype))
     root = resolve_video_root(Cache(cfg.data.cache_dir), cfg.data.video_root)
