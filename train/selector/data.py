@@ -161,9 +161,12 @@ def load_samples(config: SelectorDataConfig, needles_only: bool = False
         if config.max_questions is not None and len(samples) >= config.max_questions:
             break
     counts["questions"] = len(samples)
-    log.info("selector data: %d questions kept; dropped %d with Var(m) < %s, %d without margins; "
-             "%d skipped in precompute (failed videos)", len(samples), counts["low_margin_var"],
-             config.min_margin_var, counts["no_margins"], counts["failed_videos"])
+    log.info("selector data: %d questions kept; Var(m) filter %s: dropped %d below it, %d "
+             "without margins; %d skipped in precompute (failed videos); %d without needle "
+             "frames (needle reward)", len(samples),
+             "off" if config.min_margin_var is None else f"at {config.min_margin_var}",
+             counts["low_margin_var"], counts["no_margins"], counts["failed_videos"],
+             counts["no_needle"])
     if not samples:
         raise CacheError(f"no training question left in {config.cache_dir} (counts: {counts}); "
                          f"lower data.min_margin_var or check the cache")
