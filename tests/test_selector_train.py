@@ -256,3 +256,52 @@ def test_selector_margins_cli_dispatch(tmp_path, cache, capsys):
     assert main(["margins", "--cache", str(cache[0]), "--tiny-scorer", "--num-shards", "2",
                  "--shard-index", "2"]) == 2
     assert "--shard-index 2" in capsys.readouterr().err
+
+
+def test_selector_margin_reward_logic_with_a_stub_scorer(cache):
+    """tanh(m/2) per row, scorer batches of batch_size, None (counted) for rows it cannot score."""
+    from dataclasses import dataclass
+
+    from train.selector.data import SelectorSample, relative_times
+    from train.selector.rewards import MarginReward
+
+    @dataclass
+    class Item:
+        frames: np.ndarray
+        question: str
+        options: list
+        answer: str
+        problem_type: str = "multiple choice"
+        timestamps: np.ndarray | None = None
+
+    class Scorer:
+        calls = []
+
+        def margins(self, items):
+            self.calls.append(len(items))
+            return np.array([float(it.frames.mean()) for it in items], np.float32)
+
+    c = Cache(cache[0])
+    video = c.video("v1")
+    q, bad, open_q = (c.question("v1", "q0"), c.question("v1", "q0"), c.question("v1", "q1"))
+    open_q.problem_type, open_q.options = "free-form", []
+    bad_video = VideoRecord(**{**video.__dict__, "video_id": "broken"})
+
+    def frames(sample, pos):
+        if sample.video.video_id == "broken":
+            raise RuntimeError("decord cannot open broken.mp4")
+        return np.asarray(pos, np.uint8).reshape(-1, 1, 1, 1) * np.ones((1, 2, 2, 3), np.uint8)
+
+    scorer = Scorer()
+    reward = MarginReward(scorer, frames, batch_size=2, item_type=Item)
+    rows = [SelectorSample(video, q, relative_times(video)) for _ in range(3)] + [
+        SelectorSample(video, open_q, relative_times(video)),
+        SelectorSample(bad_video, bad, relative_times(video))]
+    subsets = [np.array([0, 1]), np.array([1, 2]), np.array([0, 0 + 2]), np.array([1, 3]),
+               np.array([2, 3])]
+    r = reward(rows, subsets)
+    assert r[3] is None and r[4] is None and reward.failures == 2
+    want = [np.tanh(float(s.mean()) / 2) for s in subsets[:3]]  # 0.245, 0.635, 0.462
+    assert r[:3] == pytest.approx(want)
+    assert scorer.calls == [2, 1]
+    assert np.isnan(reward.last_margins[3:]).all()

@@ -94,6 +94,7 @@ class MarginReward:
         frames: callable (sample, positions) -> uint8 [n, H, W, 3] (CandidateFrames).
         scale: 2 in the paper.
         batch_size: subsets per scorer call.
+        item_type: the scorer's item class (default evaluate.scorer.ScoreItem).
 
     After a call, `last_margins` holds float32 [rows] margins (NaN where None was returned),
     for the trainer's `margin` metric.
@@ -101,10 +102,12 @@ class MarginReward:
 
     __name__ = "margin"
 
-    def __init__(self, scorer, frames, scale: float = 2.0, batch_size: int = 8):
-        from evaluate.scorer import ScoreItem  # noqa: PLC0415  (the evaluate stage's scorer)
+    def __init__(self, scorer, frames, scale: float = 2.0, batch_size: int = 8,
+                 item_type=None):
+        if item_type is None:
+            from evaluate.scorer import ScoreItem as item_type  # noqa: PLC0415, N813
 
-        self._item = ScoreItem
+        self._item = item_type
         self.scorer = scorer
         self.frames = frames
         self.scale = scale
