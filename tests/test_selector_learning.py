@@ -50,8 +50,8 @@ def _one_thread():
 
 def test_selector_learns_the_needle():
     _, curve = _train(40)
-    assert curve[0] < 0.3, f"the untrained policy already finds the needle: {curve[0]}"
-    assert max(curve[-5:]) >= 0.9 and curve[-1] >= 0.85, f"hit rate by step: {curve}"
+    assert curve[0] < 0.25, f"the untrained policy already finds the needle: {curve[0]}"
+    assert curve[-1] >= 0.9, f"hit rate by step: {curve}"
 
 
 def test_selector_zero_advantages_change_nothing():

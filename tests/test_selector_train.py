@@ -174,6 +174,15 @@ def test_selector_refocus_strategy_and_select_cli(tmp_path, cache):
                             np.random.default_rng(0))
     assert pos.shape == (3,)
     load_refocus_strategy(tmp_path / "run")  # reloading replaces its own registration
+    import argparse
+
+    from train.selector.select import add_refocus_argument, apply_refocus_argument
+
+    parser = argparse.ArgumentParser()
+    add_refocus_argument(parser)
+    assert apply_refocus_argument(parser.parse_args([])) is None
+    args = parser.parse_args(["--refocus-checkpoint", str(tmp_path / "run")])
+    assert apply_refocus_argument(args) is strategies.STRATEGIES["refocus"]
     assert videocfr(["select", "--cache", str(cache_dir), "--checkpoint", str(tmp_path / "run"),
                      "--n", "6", "--addition", "refocus-n6"]) == 0
     assert verify_cache(cache_dir) == []
