@@ -190,6 +190,10 @@ def test_selector_refocus_strategy_and_select_cli(tmp_path, cache):
         assert f["positions"].shape == (6, 6)  # the K = 4 video's questions skipped
         v0 = list(f["video_id"].asstr()[()]).index("v0")
         assert set(f["frame_indices"][v0]) <= set(c.video("v0").frame_indices.tolist())
+    from train.selector.select import load_selections
+
+    sel = load_selections(cache_dir, "refocus-n6")
+    assert len(sel) == 6 and all(v.shape == (6,) for v in sel.values())
     r1 = tmp_path / "r1.json"
     r1.write_text(json.dumps([{"problem_id": "q1", "path": "./v1.mp4", "problem": "?",
                                "solution": "<answer>B</answer>"},

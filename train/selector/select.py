@@ -175,6 +175,40 @@ def write_selections_addition(cache_dir: str | Path, name: str, chosen: dict, n:
     return Path(cache_dir) / "additions" / name
 
 
+def load_selections(cache_dir: str | Path, name: str) -> dict[tuple[str, str], np.ndarray]:
+    """(video_id, question_id) -> int64 [n] chosen file frame numbers, from a selections
+    addition (checked: sha256 by the addition, then datasets, dtypes and shapes here).
+
+    Raises:
+        CacheError / SchemaError naming what is missing or malformed.
+    """
+    from cache_format import SchemaError  # noqa: PLC0415
+    from cache_format.additions import load_addition  # noqa: PLC0415
+
+    path = load_addition(cache_dir, name, SELECTIONS_VERSION).path("selections.h5")
+    want = {"video_id": "S", "question_id": "S", "positions": "i", "frame_indices": "i"}
+    with h5py.File(path, "r") as f:
+        if set(f.keys()) != set(want):
+            raise SchemaError(f"{path}: datasets {sorted(f.keys())}, expected {sorted(want)}")
+        data = {}
+        for key, kind in want.items():
+            obj = f.get(key)
+            if not isinstance(f.get(key, getlink=True), h5py.HardLink) or not isinstance(
+                    obj, h5py.Dataset):
+                raise SchemaError(f"{path}: {key} must be a plain dataset")
+            is_str = h5py.check_string_dtype(obj.dtype) is not None
+            if (kind == "S") != is_str or (kind == "i" and obj.dtype.kind not in "iu"):
+                raise SchemaError(f"{path}: {key} has dtype {obj.dtype}")
+            data[key] = obj.asstr()[()] if is_str else obj[()]
+    q = len(data["video_id"])
+    n = data["frame_indices"].shape[1] if data["frame_indices"].ndim == 2 else -1
+    if (data["question_id"].shape != (q,) or data["frame_indices"].shape != (q, n)
+            or data["positions"].shape != (q, n) or n < 1):
+        raise SchemaError(f"{path}: shapes do not agree ({q} questions)")
+    return {(str(v), str(qid)): data["frame_indices"][i].astype(np.int64)
+            for i, (v, qid) in enumerate(zip(data["video_id"], data["question_id"]))}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="videocfr select", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
