@@ -3,7 +3,8 @@
 Inputs are what the cache holds: the K candidates' CLIP embeddings, their timestamps and the
 question's CLIP text embedding. An encoder (a few transformer layers) reads the candidates
 together, each token being frame + time encoding + question + the frame-question cosine, with the
-question also as an extra token (the cache holds no option embeddings, so options are no input). A decoder (causal self-attention over the frames chosen so far, cross-attention to the
+question also as an extra token (the cache holds no option embeddings, so options are no
+input). A decoder (causal self-attention over the frames chosen so far, cross-attention to the
 encoded candidates) starts from a learned start token; at step t its query scores every candidate
 by a pointer (query · key / (sqrt(d) · temperature)), with padding and already chosen candidates
 masked, so the n picks are distinct. The chosen positions are returned sorted in time, beside
