@@ -80,6 +80,8 @@ def _metrics(result, reward, rows: list[SelectorSample], n: int, skipped: int,
            "used_groups": float(result.used_groups), "reward_none_groups":
            float(result.none_groups), "skipped_k_lt_n": float(skipped), "step_s": seconds,
            **{k: float(v) for k, v in result.stats.items()}}
+    if hasattr(reward, "failures"):
+        out["reward_failures_total"] = float(reward.failures)  # rows the scorer could not score
     margins = getattr(reward, "last_margins", None)
     if margins is not None and len(margins) and np.isfinite(margins).any():
         out["margin"] = float(np.nanmean(margins))
