@@ -105,3 +105,24 @@ def test_selector_repeats_encode_once_with_the_same_result():
     b = policy.log_prob(batch.repeat(4), sel.order)[0]
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(a, sel.logp, atol=1e-5, rtol=1e-5)
+
+
+def test_selector_grpo_step_with_several_updates_and_none_rewards():
+    """Later updates see ρ != 1 (clipping applies); a group with a None reward is left out."""
+    from train.selector.grpo import grpo_step
+    from train.selector.synthetic import needle_set
+
+    policy = _policy(dim=8)
+    policy.train()
+    opt = torch.optim.AdamW(policy.parameters(), lr=0.05)
+    data = needle_set(3, 10, 8, np.random.default_rng(0))
+
+    def reward(positions):  # question 1's group does not apply
+        return [None if i // 4 == 1 else float((p == data.needles[i // 4]).any())
+                for i, p in enumerate(positions)]
+
+    out = grpo_step(policy, opt, data.batch, reward, n=3, num_samples=4, updates=4,
+                    epsilon=0.1, generator=torch.Generator().manual_seed(0))
+    assert out.used_groups == 2 and out.none_groups == 1
+    assert np.isnan(out.rewards[4:8]).all() and not np.isnan(out.rewards[:4]).any()
+    assert np.isfinite(out.loss) and 0 < out.stats["clip_frac"] <= 1, out.stats
