@@ -12,6 +12,14 @@ from train.selector.grpo import curriculum_budget
 from train.selector.policy import FrameSelector, PolicyConfig, collate
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared machine
+    yield
+    torch.set_num_threads(threads)
+
+
 def _policy(dim=8, seed=0):
     torch.manual_seed(seed)
     return FrameSelector(PolicyConfig(embed_dim=dim, d_model=16, num_layers=2, num_heads=2)).eval()
@@ -31,7 +39,7 @@ def test_selector_picks_distinct_sorted_real_candidates(ks, n):
     policy = _policy()
     batch = collate(*_items(ks))
     gen = torch.Generator().manual_seed(0)
-    for _ in range(20):
+    for _ in range(10):
         sel = policy.sample(batch, n, generator=gen)
         for b, k in enumerate(ks):
             pos = sel.positions[b].numpy()
