@@ -26,6 +26,7 @@ STAGES = {
     "precompute": ("precompute.cli", "decode, detect scenes, embed, write a prior cache"),
     "train": ("train.cli", "CF-GRPO training with priors looked up from a cache"),
     "evaluate": ("evaluate.cli", "QA accuracy, V-NIAH and focus metrics"),
+    "select": ("train.selector.select", "choose frames per question with a trained selector"),
 }
 
 
@@ -258,7 +259,7 @@ def cache_main(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    usage = "usage: videocfr {cache,precompute,train,evaluate} ...\n\n" + "\n".join(
+    usage = "usage: videocfr {cache,precompute,train,evaluate,select} ...\n\n" + "\n".join(
         [f"  {'cache':11s} inspect, verify, merge, re-fuse, export and search prior caches"]
         + [f"  {name:11s} {desc}" for name, (_, desc) in STAGES.items()])
     if not argv or argv[0] in ("-h", "--help"):
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if (err.name or "").split(".")[0] in ("cache_format", *STAGES):
             raise  # a bug in the project itself, not a missing extra
-        extra = "dev" if command == "evaluate" else command
+        extra = {"evaluate": "dev", "select": "train"}.get(command, command)
         print(f"error: `videocfr {command}` needs the {extra!r} extra ({err}); install it with "
               f"pip install -e '.[{extra}]'", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@
     videocfr precompute ... --num-shards 64 --shard-index 3     # one job (SLURM array task)
     videocfr precompute ... --num-shards 64 --finalize          # write the manifest afterwards
     videocfr precompute ... --num-shards 8 --engine ray         # all jobs on a Ray cluster
+    videocfr precompute margins --cache C --model M ...          # ReFoCUS margins (its --help)
 
 Without --shard-index every unfinished job runs here (or on Ray); finished jobs are skipped
 without loading the model. Under a SLURM array, --num-shards and --shard-index default to
@@ -120,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (see the module docstring: 0, 1, 2, 3, 130, 143)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["margins"]:  # ReFoCUS's data filter: a job of the selector trainer
+        from train.selector.margins import main as margins_main  # noqa: PLC0415
+
+        return margins_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

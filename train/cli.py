@@ -32,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_args(argv: list[str]) -> list[str]:
+    """The value(s) given to --config (`--config X` or `--config=X`)."""
+    return [b for a, b in zip(argv, argv[1:]) if a == "--config"] + [
+        a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status.
 
@@ -41,7 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         0 on success, 2 on a configuration or input error (the message says how to fix it).
     """
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from .selector.config import is_selector_config  # noqa: PLC0415
+
+    if any(is_selector_config(a) for a in _config_args(argv)):  # `trainer: selector` YAMLs
+        from .selector.cli import main as selector_main  # noqa: PLC0415
+
+        return selector_main(argv)
+    args = build_parser().parse_args(argv)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s "

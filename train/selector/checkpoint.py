@@ -1,0 +1,119 @@
+"""Selector checkpoints: `run_dir/checkpoints/step-{N:06d}/`.
+
+Files: `policy.safetensors` (weights), `optimizer.pt` and `rng.pt` (pickles this trainer writes
+for itself, loaded only by `--resume`), and `state.json` written last (step, architecture name,
+policy config, train config, the cache's config hash). Loading a policy for inference reads only
+state.json and the safetensors file, and refuses a checkpoint of another architecture or of
+other shapes with a message saying what it found.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .policy import ARCHITECTURE, FrameSelector, PolicyConfig
+
+log = logging.getLogger(__name__)
+STATE = "state.json"
+WEIGHTS = "policy.safetensors"
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The complete checkpoint (with state.json) of the highest step, or None."""
+    root = Path(run_dir) / "checkpoints"
+    done = sorted(p for p in root.glob("step-*") if (p / STATE).is_file())
+    return done[-1] if done else None
+
+
+def save_checkpoint(run_dir: str | Path, step: int, policy: FrameSelector, optimizer,
+                    generator: torch.Generator, config: dict, cache_hash: str,
+                    keep: int = 0) -> Path:
+    """Write a checkpoint after `step` steps; state.json last. Returns its directory."""
+    from safetensors.torch import save_model  # noqa: PLC0415
+
+    path = Path(run_dir) / "checkpoints" / f"step-{step:06d}"
+    path.mkdir(parents=True, exist_ok=True)
+    save_model(policy, str(path / WEIGHTS))
+    torch.save(optimizer.state_dict(), path / "optimizer.pt")
+    torch.save({"python": random.getstate(), "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(), "rollout": generator.get_state()}, path / "rng.pt")
+    state = {"step": step, "architecture": ARCHITECTURE, "policy": policy.config.to_dict(),
+             "cache_config_hash": cache_hash, "config": config}
+    tmp = path / f".{STATE}.tmp"
+    tmp.write_text(json.dumps(state, indent=1))
+    tmp.replace(path / STATE)
+    if keep:
+        done = sorted(p for p in path.parent.glob("step-*") if (p / STATE).is_file())
+        for old in done[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    log.info("checkpoint saved: %s", path)
+    return path
+
+
+def read_state(path: str | Path) -> dict:
+    """state.json of a checkpoint directory (or of the latest checkpoint of a run directory)."""
+    path = Path(path)
+    if not (path / STATE).is_file() and (path / "checkpoints").is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"run directory {path} has no complete checkpoint")
+        path = found
+    if not (path / STATE).is_file():
+        raise FileNotFoundError(f"{path} is not a selector checkpoint ({STATE} missing); give a "
+                                f"checkpoints/step-N directory or its run directory")
+    try:
+        state = json.loads((path / STATE).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path / STATE} is not valid JSON: {err}") from err
+    if not isinstance(state, dict) or state.get("architecture") != ARCHITECTURE:
+        found = state.get("architecture") if isinstance(state, dict) else None
+        raise ValueError(f"{path} holds a checkpoint of architecture {found!r}, not a ReFoCUS "
+                         f"selector ({ARCHITECTURE!r}); give a checkpoint written by "
+                         f"`videocfr train` with a selector config")
+    state["path"] = str(path)
+    return state
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu"
+                ) -> tuple[FrameSelector, dict]:
+    """Build the policy of a checkpoint and load its weights (eval mode).
+
+    Returns:
+        (policy, state): state is state.json plus "path".
+    """
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    state = read_state(path)
+    policy = FrameSelector(PolicyConfig(**state["policy"]))
+    weights = load_file(str(Path(state["path"]) / WEIGHTS))
+    mine = policy.state_dict()
+    bad = sorted(set(mine) ^ set(weights)) + sorted(
+        k for k in set(mine) & set(weights) if mine[k].shape != weights[k].shape)
+    if bad:
+        raise ValueError(f"{state['path']}: weights do not fit the policy its state.json "
+                         f"describes (mismatched tensors: {bad[:5]}); the checkpoint is of "
+                         f"another architecture or damaged")
+    policy.load_state_dict(weights)
+    return policy.to(device).eval(), state
+
+
+def restore(path: Path, policy: FrameSelector, optimizer, generator: torch.Generator) -> int:
+    """Load weights, optimizer and RNG state for --resume; returns the step."""
+    from safetensors.torch import load_model  # noqa: PLC0415
+
+    state = read_state(path)
+    load_model(policy, str(path / WEIGHTS))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    rng = torch.load(path / "rng.pt", weights_only=False)
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    generator.set_state(rng["rollout"])
+    return int(state["step"])
