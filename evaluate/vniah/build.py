@@ -16,7 +16,8 @@ Two needle kinds:
   not an outlier, so only a query-aware signal can find it.
 
 Output (under OUT): `videos/*.mp4`, `annotations.json` (the native dataset format precompute
-reads), `dataset.yaml` (for `videocfr precompute --dataset`) and `needles.json` (the ground truth:
+reads, each record with its needle's `needle_frames` [start, end)), `dataset.yaml` (for
+`videocfr precompute --dataset`) and `needles.json` (the ground truth:
 per video its kind, L, d and the needle's span in seconds).
 """
 
@@ -233,7 +234,8 @@ def build(out: str | Path, config: BuildConfig = BuildConfig(),
             "video_id": video_id, "video": f"videos/{video_id}.mp4", "question_id": "needle",
             "question": "What colour is the disc that appears for a moment in the video?",
             "options": [f"{'ABCD'[i]}. {c}" for i, c in enumerate(options)], "answer": letter,
-            "problem_type": "multiple choice"})
+            "problem_type": "multiple choice",
+            "needle_frames": [first, first + span]})  # [start, end) frames: the selector's truth
     (out / "annotations.json").write_text(json.dumps(records, indent=1))
     (out / "dataset.yaml").write_text(
         "# V-NIAH haystacks written by `videocfr evaluate vniah build`\n"
