@@ -23,9 +23,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from synthetic_cache import make_question, make_video  # noqa: E402
-
-from evaluate.scorer import FrozenScorer, ScoreItem  # noqa: E402
-from evaluate.strategies import STRATEGIES, make_strategy, select  # noqa: E402
+from videocfr.evaluate.scorer import FrozenScorer, ScoreItem  # noqa: E402
+from videocfr.evaluate.strategies import STRATEGIES, make_strategy, select  # noqa: E402
 
 K, N, QUESTIONS = 512, 32, 200
 

@@ -20,8 +20,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from cache_format import PriorTable, QuestionRecord, ShardWriter, VideoRecord, finalize_cache
+from videocfr.cache_format import (
+    PriorTable,
+    QuestionRecord,
+    ShardWriter,
+    VideoRecord,
+    finalize_cache,
+)
 
 K, DIM = 32, 16  # embeddings are not read by a lookup; a small D keeps the 1M cache small
 QUESTIONS_PER_VIDEO = 50

@@ -75,12 +75,12 @@ def build_video(cache_dir: Path, minutes: float) -> Path:
 def make_embedder():
     """ViT-B-32 with random weights: precompute.clip.ClipEmbedder when present, else open_clip."""
     try:
-        from precompute.clip import ClipEmbedder
+        from videocfr.precompute.clip import ClipEmbedder
     except ImportError:
         ClipEmbedder = None
     if ClipEmbedder is not None:
         emb = ClipEmbedder("ViT-B-32", "none")
-        return emb.embed_images, "precompute.clip.ClipEmbedder"
+        return emb.embed_images, "videocfr.precompute.clip.ClipEmbedder"
     import numpy as np
     import open_clip
     import torch
@@ -112,8 +112,7 @@ def time_floor(path: Path, threads: int) -> float:
 def time_naive(path: Path, embed, k: int) -> tuple[float, int]:
     import decord
     from scenedetect import AdaptiveDetector, detect
-
-    from precompute.decode import sample_indices
+    from videocfr.precompute.decode import sample_indices
 
     t0 = time.perf_counter()
     scenes = detect(str(path), AdaptiveDetector())
@@ -130,8 +129,8 @@ def time_ours(path: Path, embed, k: int, threads: int | None, decoder: str = "de
     Warm is what each video of a precompute job costs (a job starts its pool once, while the
     CLIP model loads); cold adds the one-off spawn of the decode processes and their imports.
     """
-    from precompute.decode import SamplingConfig, VideoDecodeError
-    from precompute.worker import DecodePool
+    from videocfr.precompute.decode import SamplingConfig, VideoDecodeError
+    from videocfr.precompute.worker import DecodePool
 
     def run(pool) -> int:
         for _item, decoded in pool.decode([("bench", path)]):

@@ -76,9 +76,8 @@ def scoring_vs_raw(model: str, device: str, precision: str, batch: int, k: int,
     """(scoring-stage frames/s, raw-tower frames/s) of one model at `batch` frames."""
     import numpy as np
     import torch
-
-    from precompute.clip import ClipEmbedder
-    from precompute.saliences import semantic_raw_device
+    from videocfr.precompute.clip import ClipEmbedder
+    from videocfr.precompute.saliences import semantic_raw_device
 
     emb = ClipEmbedder(model, "none", device=device, batch_size=batch, precision=precision)
     rng = np.random.default_rng(0)
@@ -120,9 +119,8 @@ def saliences_ms(device: str, k: int = 32, t: int = 256, d: int = 768,
     """(device path, numpy host path) ms per question with ViT-L-14 shapes."""
     import numpy as np
     import torch
-
-    from cache_format.fusion import FusionConfig
-    from precompute.saliences import (
+    from videocfr.cache_format.fusion import FusionConfig
+    from videocfr.precompute.saliences import (
         SalienceConfig,
         question_saliences,
         scene_salience,
@@ -170,9 +168,9 @@ def decode_floor_s(path: Path) -> float:
 def end_to_end(video: Path, copies: int, clip: dict, workdir: Path, decoder: str
                ) -> tuple[float, int]:
     """(seconds, decode workers) of a whole precompute job over `copies` copies of a video."""
-    from precompute.config import PrecomputeConfig
-    from precompute.datasets import load_dataset
-    from precompute.job import Precomputer
+    from videocfr.precompute.config import PrecomputeConfig
+    from videocfr.precompute.datasets import load_dataset
+    from videocfr.precompute.job import Precomputer
 
     vids = workdir / "videos"
     vids.mkdir(parents=True, exist_ok=True)
@@ -216,9 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import torch
+    from videocfr.precompute.worker import available_cores
 
     from benchmarks.bench_precompute import build_video
-    from precompute.worker import available_cores
 
     cuda = torch.cuda.is_available()
     cores = available_cores()

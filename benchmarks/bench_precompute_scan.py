@@ -41,8 +41,7 @@ logger = logging.getLogger("bench_precompute_scan")
 def scan_decord(path: str, width: int, height: int, threads: int, keep: set[int]):
     """(seconds, frames, {index: frame}, cuts) of a decord scan at (width, height)."""
     import decord
-
-    from precompute.scenes import SceneConfig, SceneTracker
+    from videocfr.precompute.scenes import SceneConfig, SceneTracker
 
     t0 = time.perf_counter()
     vr = decord.VideoReader(path, width=width, height=height, num_threads=threads)
@@ -63,8 +62,7 @@ def scan_pyav(path: str, width: int, height: int, threads: int, thread_type: str
               keep: set[int], interpolation: str | None):
     """(seconds, frames, {index: frame}, cuts, pts seconds) of a threaded PyAV scan."""
     import av
-
-    from precompute.scenes import SceneConfig, SceneTracker
+    from videocfr.precompute.scenes import SceneConfig, SceneTracker
 
     t0 = time.perf_counter()
     with av.open(path) as container:
@@ -90,8 +88,7 @@ def scan_pyav_tuned(path: str, width: int, height: int, threads: int, keep: set[
     """(seconds, frames, {index: frame}, cuts): detector frames straight at its size (BGR)."""
     import av
     from av.video.reformatter import VideoReformatter
-
-    from precompute.scenes import SceneConfig, SceneTracker
+    from videocfr.precompute.scenes import SceneConfig, SceneTracker
 
     cfg = SceneConfig()
     small = (cfg.downscale_width, max(1, round(height * cfg.downscale_width / width)))
@@ -121,8 +118,7 @@ def scan_pyav_tuned(path: str, width: int, height: int, threads: int, keep: set[
 def compare(path: Path, threads: int, repeats: int, quick: bool = False) -> str:
     import decord
     import numpy as np
-
-    from precompute.decode import decode_size
+    from videocfr.precompute.decode import decode_size
 
     vr = decord.VideoReader(str(path), num_threads=1)
     h, w = vr[0].shape[:2]

@@ -31,14 +31,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cache_format import Cache, FusionConfig, ShardWriter, finalize_cache  # noqa: E402
-from cache_format.refuse import refuse_cache  # noqa: E402
+from videocfr.cache_format import Cache, FusionConfig, ShardWriter, finalize_cache  # noqa: E402
+from videocfr.cache_format.refuse import refuse_cache  # noqa: E402
+
 from tests.synthetic_cache import make_question, make_video  # noqa: E402
 
 
 def precompute(config: str, dataset: str, out: Path) -> float:
-    from precompute.cli import main
-    from precompute.datasets import load_dataset
+    from videocfr.precompute.cli import main
+    from videocfr.precompute.datasets import load_dataset
 
     load_dataset(dataset)  # the demo's clips are made on first use: not part of the timing
     t0 = time.perf_counter()

@@ -30,15 +30,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from train.selector.grpo import grpo_step  # noqa: E402
-from train.selector.policy import FrameSelector, PolicyConfig  # noqa: E402
-from train.selector.synthetic import NeedleReward, needle_set  # noqa: E402
+from videocfr.train.selector.grpo import grpo_step  # noqa: E402
+from videocfr.train.selector.policy import FrameSelector, PolicyConfig  # noqa: E402
+from videocfr.train.selector.synthetic import NeedleReward, needle_set  # noqa: E402
 
 
 def make_reward(args, data):
     """(callable positions -> rewards, name): the tiny scorer's margin, or the needle reward."""
     try:
-        from evaluate.scorer import FrozenScorer, ScoreItem
+        from videocfr.evaluate.scorer import FrozenScorer, ScoreItem
     except ImportError:
         return NeedleReward(data.needles, args.samples), "needle"
     scorer = FrozenScorer.tiny(seed=0)

@@ -27,7 +27,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cache_format import ShardWriter, finalize_cache  # noqa: E402
+from videocfr.cache_format import ShardWriter, finalize_cache  # noqa: E402
+
 from tests.synthetic_cache import make_question, make_video  # noqa: E402
 
 NUM_FILE_FRAMES = 300
@@ -76,11 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
 
     import torch
-
-    from train import phases
-    from train import trainer as trainer_mod
-    from train.config import TrainConfig
-    from train.metrics import read_metrics
+    from videocfr.train import phases
+    from videocfr.train import trainer as trainer_mod
+    from videocfr.train.config import TrainConfig
+    from videocfr.train.metrics import read_metrics
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     calls = {"policy": 0}

@@ -27,19 +27,19 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from train.selector.config import SelectorDataConfig  # noqa: E402
-from train.selector.data import load_samples, make_batch, step_questions  # noqa: E402
-from train.selector.grpo import curriculum_budget, grpo_step  # noqa: E402
-from train.selector.policy import FrameSelector, PolicyConfig  # noqa: E402
-from train.selector.rewards import NeedleReward  # noqa: E402
+from videocfr.train.selector.config import SelectorDataConfig  # noqa: E402
+from videocfr.train.selector.data import load_samples, make_batch, step_questions  # noqa: E402
+from videocfr.train.selector.grpo import curriculum_budget, grpo_step  # noqa: E402
+from videocfr.train.selector.policy import FrameSelector, PolicyConfig  # noqa: E402
+from videocfr.train.selector.rewards import NeedleReward  # noqa: E402
 
 SOURCES = (("bikes.mp4", 250), ("bigbuckbunny.mp4", 132), ("carphone_pristine.mp4", 120))
 
 
 def build(root: Path, videos: int, needle_len: int, seed: int) -> tuple[Path, Path]:
     """Write needle clips + annotation + dataset YAML under root; precompute root/cache."""
-    from precompute import demo
-    from precompute.cli import main as precompute
+    from videocfr.precompute import demo
+    from videocfr.precompute.cli import main as precompute
 
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)

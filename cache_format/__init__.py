@@ -2,7 +2,7 @@
 
 The core install (numpy, h5py, tqdm) is enough to read and check a cache:
 
-    from cache_format import PriorTable
+    from videocfr.cache_format import PriorTable
     table = PriorTable.load("caches/demo")
     p = table.get("video_id", "question_id")   # float32 [K], sums to 1
 """

@@ -1,8 +1,6 @@
-"""The `videocfr` console script.
+"""`videocfr cache ...`: inspect, verify, merge and share prior caches (core install only).
 
-`videocfr cache ...` is served here (core install only). `precompute`, `train` and `evaluate`
-are imported on demand from their packages, so a team that only reads caches needs none of their
-dependencies.
+The umbrella `videocfr` command (videocfr/cli.py) hands `cache` subcommands to `cache_main`.
 """
 
 from __future__ import annotations
@@ -10,7 +8,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import logging
 import os
 import sys
 
@@ -21,13 +18,6 @@ from .reader import Cache
 from .schema import CacheError
 from .storage import as_path
 from .verify import verify_cache, verify_shard
-
-STAGES = {
-    "precompute": ("precompute.cli", "decode, detect scenes, embed, write a prior cache"),
-    "train": ("train.cli", "CF-GRPO training with priors looked up from a cache"),
-    "evaluate": ("evaluate.cli", "QA accuracy, V-NIAH and focus metrics"),
-    "select": ("train.selector.select", "choose frames per question with a trained selector"),
-}
 
 
 def _info(args) -> int:
@@ -151,7 +141,7 @@ def _search(args) -> int:
     # place, precompute/clip.py, so the text tower comes from the precompute package (imported
     # only here, like the stages above); cache_format itself never imports it.
     try:
-        cache_model = importlib.import_module("precompute.cache_model")
+        cache_model = importlib.import_module("videocfr.precompute.cache_model")
     except ModuleNotFoundError as err:
         raise CacheError(f"`videocfr cache search` embeds the query with the cache's CLIP model "
                          f"and needs the 'precompute' extra ({err}): pip install -e "
@@ -172,7 +162,7 @@ def _search(args) -> int:
 
 def _plot(args) -> int:
     try:  # matplotlib and the frame decoder belong to the evaluate extra, imported only here
-        plots = importlib.import_module("evaluate.plots")
+        plots = importlib.import_module("videocfr.evaluate.plots")
     except ModuleNotFoundError as err:
         raise CacheError(f"`videocfr cache plot` needs the 'evaluate' extra ({err}): pip "
                          f"install -e '.[evaluate]'") from None
@@ -254,39 +244,3 @@ def cache_main(argv: list[str]) -> int:
     except BrokenPipeError:  # `videocfr cache info ... | head`: the reader left, not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    usage = "usage: videocfr {cache,precompute,train,evaluate,select} ...\n\n" + "\n".join(
-        [f"  {'cache':11s} inspect, verify, merge, re-fuse, export and search prior caches"]
-        + [f"  {name:11s} {desc}" for name, (_, desc) in STAGES.items()])
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage)
-        return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command == "cache":
-        return cache_main(rest)
-    if command not in STAGES:
-        print(f"error: unknown command {command!r}\n{usage}", file=sys.stderr)
-        return 2
-    module_name = STAGES[command][0]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name == module_name:
-            print(f"error: `videocfr {command}` is not part of this release yet",
-                  file=sys.stderr)
-            return 2
-        if (err.name or "").split(".")[0] in ("cache_format", *STAGES):
-            raise  # a bug in the project itself, not a missing extra
-        extra = {"evaluate": "dev", "select": "train"}.get(command, command)
-        print(f"error: `videocfr {command}` needs the {extra!r} extra ({err}); install it with "
-              f"pip install -e '.[{extra}]'", file=sys.stderr)
-        return 2
-    return int(module.main(rest) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

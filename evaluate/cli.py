@@ -10,8 +10,8 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "qa": ("evaluate.qa", "QA accuracy under frame-selection strategies and budgets"),
-    "vniah": ("evaluate.vniah", "needle in a video haystack: build, run, heatmaps"),
+    "qa": ("videocfr.evaluate.qa", "QA accuracy under frame-selection strategies and budgets"),
+    "vniah": ("videocfr.evaluate.vniah", "needle in a video haystack: build, run, heatmaps"),
 }
 
 

@@ -44,10 +44,9 @@ def focus(scorer: FrozenScorer, item: ScoreItem, prior: np.ndarray, positions: n
         {"alpha_entropy", "r_cov", "answer_tokens"}; nan values when the answer is empty.
     """
     import torch
-
-    from train.alpha import alpha_entropy, frame_usage, group_prior, video_group_spans
-    from train.data import build_prompt, problem_type_of
-    from train.rewards import coverage
+    from videocfr.train.alpha import alpha_entropy, frame_usage, group_prior, video_group_spans
+    from videocfr.train.data import build_prompt, problem_type_of
+    from videocfr.train.rewards import coverage
 
     prompt = build_prompt(item.question, item.options,
                           problem_type_of(item.problem_type, item.options))

@@ -9,14 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-from cache_format import Cache, VideoRecord
+from videocfr.cache_format import Cache, VideoRecord
 
 
 def video_root(cache: Cache, override: str | Path | None = None) -> Path:
     """Where the cache's video paths are relative to (the trainer's rule: override, recorded
     root, else the current directory)."""
-    from train.data import resolve_video_root
+    from videocfr.train.data import resolve_video_root
 
     return resolve_video_root(cache, None if override is None else str(override))
 
@@ -34,7 +33,7 @@ def load_frames(root: str | Path, video: VideoRecord, positions: np.ndarray,
     Returns:
         (uint8 [n, H, W, 3] frames, float64 [n] timestamps in seconds).
     """
-    from train.video import read_frames
+    from videocfr.train.video import read_frames
 
     if not video.ok:
         raise ValueError(f"video {video.video_id!r} failed in precompute ({video.error}); it has "

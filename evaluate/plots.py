@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-from cache_format import Cache
+from videocfr.cache_format import Cache
 
 MAX_THUMBS = 16
 

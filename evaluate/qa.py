@@ -30,9 +30,8 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
-
-from cache_format import Cache, CacheError
-from cache_format.keys import is_image_record, video_r1_key
+from videocfr.cache_format import Cache, CacheError
+from videocfr.cache_format.keys import is_image_record, video_r1_key
 
 from .focus import focus
 from .frames import load_frames, video_root
@@ -52,7 +51,7 @@ class EvalRecord:
 
 def read_eval(path: str | Path) -> tuple[list[EvalRecord], dict[str, list[str]]]:
     """Records of an eval file, and the items skipped by reason (image records, malformed)."""
-    from train.rewards import parse_solution
+    from videocfr.train.rewards import parse_solution
 
     path = Path(path)
     text = path.read_text(encoding="utf-8")

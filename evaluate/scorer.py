@@ -144,7 +144,7 @@ class FrozenScorer:
     @classmethod
     def tiny(cls, seed: int = 0, **kw) -> FrozenScorer:
         """The tiny random Qwen2.5-VL of train/tiny.py (tests, CPU smoke runs)."""
-        from train.tiny import tiny_model_and_processor
+        from videocfr.train.tiny import tiny_model_and_processor
 
         model, processor = tiny_model_and_processor(seed)
         return cls(model, processor, **kw)
@@ -152,8 +152,7 @@ class FrozenScorer:
     # -- inputs --------------------------------------------------------------------------------
     def _batch(self, items: list[ScoreItem], prompts: list[str]):
         from transformers.video_utils import VideoMetadata
-
-        from train.data import chat_messages
+        from videocfr.train.data import chat_messages
 
         videos, metadata = [], []
         for item in items:
@@ -227,8 +226,7 @@ class FrozenScorer:
     def generate(self, items: list[ScoreItem], max_new_tokens: int = 256) -> list[str]:
         """Greedy answers to the trainer's Video-R1 prompt (think, then <answer>...</answer>)."""
         import torch
-
-        from train.data import build_prompt, problem_type_of
+        from videocfr.train.data import build_prompt, problem_type_of
 
         texts: list[str] = []
         for start in range(0, len(items), self.batch_size):
@@ -245,7 +243,7 @@ class FrozenScorer:
     def generate_scores(self, items: list[ScoreItem], max_new_tokens: int = 256
                         ) -> tuple[list[str], np.ndarray]:
         """Generated answers and their Video-R1 accuracy (train.rewards.answer_accuracy)."""
-        from train.rewards import answer_accuracy, extract_answer
+        from videocfr.train.rewards import answer_accuracy, extract_answer
 
         texts = self.generate(items, max_new_tokens)
         acc = np.array([answer_accuracy(extract_answer(t), it.answer, it.problem_type,

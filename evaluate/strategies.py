@@ -16,9 +16,8 @@ import functools
 from collections.abc import Callable
 
 import numpy as np
-
-from cache_format import QuestionRecord, VideoRecord
-from cache_format.fusion import (
+from videocfr.cache_format import QuestionRecord, VideoRecord
+from videocfr.cache_format.fusion import (
     EQUAL_ATOL,
     WEIGHT_FIELDS,
     FusionConfig,

@@ -13,8 +13,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
-
-from cache_format import Cache, CacheError
+from videocfr.cache_format import Cache, CacheError
 
 from .clip import ClipEmbedder
 

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (see the module docstring: 0, 1, 2, 3, 130, 143)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["margins"]:  # ReFoCUS's data filter: a job of the selector trainer
-        from train.selector.margins import main as margins_main  # noqa: PLC0415
+        from videocfr.train.selector.margins import main as margins_main  # noqa: PLC0415
 
         return margins_main(argv[1:])
     args = build_parser().parse_args(argv)
@@ -132,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_quiet_open_clip)
-    from cache_format import CacheError
-    from cache_format.io import StorageError
-    from cache_format.markers import JobsUnfinished
+    from videocfr.cache_format import CacheError
+    from videocfr.cache_format.io import StorageError
+    from videocfr.cache_format.markers import JobsUnfinished
 
     from .clip import DeviceFailure
     from .datasets import DatasetError

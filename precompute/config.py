@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from cache_format.fusion import FusionConfig
+from videocfr.cache_format.fusion import FusionConfig
 
 from .decode import SamplingConfig
 from .saliences import SalienceConfig

@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from cache_format.keys import is_image_record, video_id_from_path
+from videocfr.cache_format.keys import is_image_record, video_id_from_path
 
 logger = logging.getLogger(__name__)
 

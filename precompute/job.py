@@ -35,11 +35,10 @@ from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
-
-from cache_format import QuestionRecord, ShardWriter, VideoRecord, finalize_cache, job_done
-from cache_format.io import StorageError, free_bytes, sha256_file
-from cache_format.markers import job_state
-from cache_format.schema import SHARD_DIR
+from videocfr.cache_format import QuestionRecord, ShardWriter, VideoRecord, finalize_cache, job_done
+from videocfr.cache_format.io import StorageError, free_bytes, sha256_file
+from videocfr.cache_format.markers import job_state
+from videocfr.cache_format.schema import SHARD_DIR
 
 from .config import PrecomputeConfig
 from .datasets import Dataset, VideoItem

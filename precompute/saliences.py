@@ -26,8 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from cache_format.fusion import FusionConfig, fuse, minmax, novelty_salience
+from videocfr.cache_format.fusion import FusionConfig, fuse, minmax, novelty_salience
 
 AGGREGATIONS = ("max", "mean")
 

@@ -37,7 +37,7 @@ def make_dataset(root: Path) -> tuple[Path, Path]:
 
 
 def cli(ds: Path, cfg: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "precompute.cli", "--config", str(cfg),
+    return [sys.executable, "-m", "videocfr.precompute.cli", "--config", str(cfg),
             "--dataset", str(ds), "--out", str(out), *extra]
 
 

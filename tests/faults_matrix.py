@@ -26,8 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import faults_data as fd  # noqa: E402
-
-from cache_format import verify_cache  # noqa: E402
+from videocfr.cache_format import verify_cache  # noqa: E402
 
 CONFIG = (fd.REPO / "configs/precompute/demo.yaml").read_text() + "shards: {max_videos: 1}\n"
 JOB0_LAST = "needle_green.mp4"  # job 0 of 2 takes bigbuckbunny, carphone, needle_green

@@ -8,8 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-from cache_format import (
+from videocfr.cache_format import (
     FusionConfig,
     QuestionRecord,
     ShardWriter,

@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from videocfr.cache_format import CacheError, verify_cache
+from videocfr.cache_format.additions import list_additions, load_addition, write_addition
 
-from cache_format import CacheError, verify_cache
-from cache_format.additions import list_additions, load_addition, write_addition
 from tests.synthetic_cache import make_cache
 
 

@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from train.alpha import (
+from videocfr.train.alpha import (
     alpha_entropy,
     check_aligned,
     frame_usage,
@@ -140,7 +139,7 @@ def test_alpha_entropy():
 
 @pytest.fixture(scope="module")
 def tiny():
-    from train.tiny import tiny_model_and_processor
+    from videocfr.train.tiny import tiny_model_and_processor
 
     return tiny_model_and_processor(seed=0)
 

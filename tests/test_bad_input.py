@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from videocfr.precompute.decode import DecodedVideo, SamplingConfig, VideoDecodeError, decode_video
+from videocfr.precompute.worker import FAULT_ENV, iter_decoded
 
-from precompute.decode import DecodedVideo, SamplingConfig, VideoDecodeError, decode_video
-from precompute.worker import FAULT_ENV, iter_decoded
 from tests import videos
 
 # (maker, words the message must contain): "fix" words check that the message says what to do.
@@ -119,7 +119,7 @@ def test_two_workers_split_videos_and_match_one_worker(tmp_path):
 
 
 def test_pool_is_reused_across_calls_and_after_a_timeout(good, monkeypatch):
-    from precompute.worker import DecodePool
+    from videocfr.precompute.worker import DecodePool
 
     with DecodePool(SMALL, timeout_s=3.0, num_workers=2) as pool:
         pool.start()

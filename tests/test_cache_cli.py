@@ -8,12 +8,11 @@ import sys
 
 import numpy as np
 from synthetic_cache import make_cache
-
-from cache_format import Cache
+from videocfr.cache_format import Cache
 
 
 def videocfr(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cache_format.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "videocfr", *args], capture_output=True,
                           text=True)
 
 
@@ -86,11 +85,12 @@ def test_reading_a_cache_needs_only_the_core_install(tmp_path):
     """cache_format (and `videocfr cache`) never import the heavy extras."""
     make_cache(tmp_path / "c", n_videos=2)
     code = (
-        "import sys; from cache_format.cli import main; from cache_format import PriorTable\n"
+        "import sys; from videocfr.cli import main; from videocfr.cache_format import PriorTable\n"
         f"PriorTable.load({str(tmp_path / 'c')!r}).get('vid001', 'q0')\n"
         f"assert main(['cache', 'verify', {str(tmp_path / 'c')!r}]) == 0\n"
         "heavy = {'torch', 'cv2', 'decord', 'open_clip', 'transformers', 'deepspeed', 'yaml',\n"
-        "         'scenedetect', 'precompute', 'train'} & set(sys.modules)\n"
+        "         'scenedetect', 'videocfr.precompute',\n"
+        "         'videocfr.train'} & set(sys.modules)\n"
         "assert not heavy, heavy\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

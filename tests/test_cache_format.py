@@ -11,8 +11,7 @@ import h5py
 import numpy as np
 import pytest
 from synthetic_cache import TEST_CONFIG, TEST_MODEL, make_cache, make_question, make_video
-
-from cache_format import (
+from videocfr.cache_format import (
     Cache,
     CacheError,
     PriorTable,
@@ -24,7 +23,7 @@ from cache_format import (
     job_done,
     verify_cache,
 )
-from cache_format.merge import merge_caches
+from videocfr.cache_format.merge import merge_caches
 
 
 def _shard_hashes(path):

@@ -18,9 +18,15 @@ import h5py
 import numpy as np
 import pytest
 from synthetic_cache import make_cache
-
-from cache_format import Cache, CacheError, PriorTable, SchemaError, verify_cache, verify_shard
-from cache_format.writer import write_shard
+from videocfr.cache_format import (
+    Cache,
+    CacheError,
+    PriorTable,
+    SchemaError,
+    verify_cache,
+    verify_shard,
+)
+from videocfr.cache_format.writer import write_shard
 
 TESTS = Path(__file__).parent
 

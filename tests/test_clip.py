@@ -7,8 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-
-from precompute.clip import TINY_MODEL, ClipEmbedder, register_tiny_model, resolve_model
+from videocfr.precompute.clip import TINY_MODEL, ClipEmbedder, register_tiny_model, resolve_model
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +93,7 @@ def test_batching_does_not_change_results(tiny):
 
 
 def test_random_weights_are_seeded_and_warned(caplog):
-    with caplog.at_level(logging.WARNING, logger="precompute.clip"):
+    with caplog.at_level(logging.WARNING, logger="videocfr.precompute.clip"):
         a = ClipEmbedder(TINY_MODEL, "none", seed=3)
     assert any("RANDOM weights" in r.message for r in caplog.records)
     b = ClipEmbedder(TINY_MODEL, "none", seed=3)

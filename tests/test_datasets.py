@@ -7,8 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
-
-from precompute.datasets import (
+from videocfr.precompute.datasets import (
     DatasetError,
     load_dataset,
     load_dataset_config,
@@ -79,7 +78,7 @@ def test_missing_video_file_is_reported_not_fatal(tmp_path, caplog):
     ann = tmp_path / "ann.jsonl"
     ann.write_text("\n".join(json.dumps(r) for r in NATIVE))
     make_videos(tmp_path, ["a.mp4"])
-    with caplog.at_level(logging.WARNING, logger="precompute.datasets"):
+    with caplog.at_level(logging.WARNING, logger="videocfr.precompute.datasets"):
         ds = load_dataset(str(write_yaml(tmp_path, ann.name)))
     assert [v.video_id for v in ds.missing_videos()] == ["v2"]
     assert any("b.mp4" in r.message for r in caplog.records)
@@ -156,8 +155,8 @@ def test_dataset_yaml_unknown_key_and_lookup(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_demo_dataset_builds_and_loads(tmp_path):
-    from precompute.datasets import DatasetConfig
-    from precompute.demo import NEEDLE_CLIPS, REAL_CLIPS
+    from videocfr.precompute.datasets import DatasetConfig
+    from videocfr.precompute.demo import NEEDLE_CLIPS, REAL_CLIPS
 
     cfg = DatasetConfig(name="demo", annotation=str(tmp_path / "demo" / "annotations.jsonl"),
                         video_root=str(tmp_path / "demo"), builtin="demo")

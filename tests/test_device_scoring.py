@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 import videos as clips
-
-from precompute.clip import (
+from videocfr.precompute.clip import (
     TINY_MODEL,
     ClipEmbedder,
     DeviceFailure,
@@ -23,8 +22,8 @@ from precompute.clip import (
     is_out_of_memory,
     resolve_device,
 )
-from precompute.config import PrecomputeConfig
-from precompute.saliences import semantic_raw, semantic_raw_device
+from videocfr.precompute.config import PrecomputeConfig
+from videocfr.precompute.saliences import semantic_raw, semantic_raw_device
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_CUDA = torch.cuda.is_available()
@@ -104,7 +103,7 @@ def test_out_of_memory_halves_the_batch_and_says_so(monkeypatch, caplog):
     seen = _inject(monkeypatch, emb, lambda b: torch.OutOfMemoryError("CUDA out of memory. "
                                                                       "Tried to allocate 2 GiB")
                    if b > 2 else None)
-    with caplog.at_level(logging.WARNING, logger="precompute.clip"):
+    with caplog.at_level(logging.WARNING, logger="videocfr.precompute.clip"):
         g, p = emb.embed_images(video)
     assert emb.batch_size == 2
     assert seen[:3] == [7, 4, 2]  # 8 (7 frames) -> 4 -> 2, then batches of 2
@@ -146,13 +145,13 @@ def test_cuda_without_a_gpu_is_a_clear_error():
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the message on a machine without CUDA")
 def test_cli_device_cuda_without_a_gpu_stops_before_any_work(tmp_path, capsys, monkeypatch):
-    from precompute.cli import main
+    from videocfr.precompute.cli import main
 
     _dataset(tmp_path, batch_size=8)
     (tmp_path / "tiny.yaml").write_text("sampling: {num_frames: 8, short_side: 64}\n"
                                         "clip: {model: videocfr-tiny, pretrained: none}\n")
     started = []
-    monkeypatch.setattr("precompute.worker.DecodePool.start",
+    monkeypatch.setattr("videocfr.precompute.worker.DecodePool.start",
                         lambda *a, **k: started.append(1))
     code = main(["--config", str(tmp_path / "tiny.yaml"), "--dataset", str(tmp_path / "ds.yaml"),
                  "--out", str(tmp_path / "cache"), "--device", "cuda"])
@@ -182,13 +181,13 @@ def test_gpu_config_loads():
 
 
 def test_decode_workers_config(monkeypatch):
-    from precompute.config import DecodeConfig
-    from precompute.worker import available_cores, default_workers
+    from videocfr.precompute.config import DecodeConfig
+    from videocfr.precompute.worker import available_cores, default_workers
 
     assert default_workers(env={}) == available_cores()
     assert default_workers(env={"LOCAL_WORLD_SIZE": "8"}) == max(1, available_cores() // 8)
     assert DecodeConfig(workers=3).num_workers() == 3
-    from precompute.worker import MAX_PARTS, DecodePool, _Supervisor
+    from videocfr.precompute.worker import MAX_PARTS, DecodePool, _Supervisor
 
     with DecodePool(num_workers=MAX_PARTS + 2) as pool:  # workers spawn lazily: none here
         assert _Supervisor(pool, []).num_parts == MAX_PARTS  # a video is probed <= 4 times
@@ -205,7 +204,7 @@ def test_decode_workers_config(monkeypatch):
 # -- the job --------------------------------------------------------------------------------
 
 def _dataset(root: Path, batch_size: int):
-    from precompute.datasets import load_dataset
+    from videocfr.precompute.datasets import load_dataset
 
     vids = root / "videos"
     vids.mkdir(parents=True, exist_ok=True)
@@ -230,7 +229,7 @@ def _dataset(root: Path, batch_size: int):
 
 
 def _records(cache_dir: Path):
-    from cache_format import Cache
+    from videocfr.cache_format import Cache
 
     cache = Cache(cache_dir)
     return cache, {key: cache.question(*key) for key in cache.keys()}
@@ -238,7 +237,7 @@ def _records(cache_dir: Path):
 
 def test_device_scores_in_groups_equal_the_host_path(tmp_path):
     """Videos batched 3 to a forward, scored in torch == one video a forward, numpy scores."""
-    from precompute.job import Precomputer
+    from videocfr.precompute.job import Precomputer
 
     host_cfg, ds = _dataset(tmp_path, batch_size=8)
     pre = Precomputer(host_cfg, ds, tmp_path / "host", device_scores=False)
@@ -269,7 +268,7 @@ def test_device_scores_in_groups_equal_the_host_path(tmp_path):
 
 
 def test_gpu_failure_mid_job_leaves_the_job_resumable(tmp_path):
-    from precompute.job import Precomputer, default_embedder
+    from videocfr.precompute.job import Precomputer, default_embedder
 
     cfg, ds = _dataset(tmp_path, batch_size=8)
     calls = []

@@ -9,11 +9,18 @@ import numpy as np
 import pytest
 import videos as clips
 from synthetic_cache import TEST_CONFIG, TEST_MODEL, make_question, make_video
+from videocfr.cache_format import (
+    Cache,
+    CacheError,
+    FusionConfig,
+    ShardWriter,
+    VideoRecord,
+    finalize_cache,
+)
+from videocfr.cache_format.export import export_file
+from videocfr.cache_format.refuse import refuse_cache
 
-from cache_format import Cache, CacheError, FusionConfig, ShardWriter, VideoRecord, finalize_cache
-from cache_format.cli import main
-from cache_format.export import export_file
-from cache_format.refuse import refuse_cache
+from videocfr.cli import main
 
 VIDEO_IDS = ["LLaVA-Video/ytb_a", "LLaVA-Video/ytb_b", "NeXT-QA/1234"]
 
@@ -120,7 +127,7 @@ def test_malformed_records(caches, tmp_path, bad, match):
 
 def test_precompute_video_r1_dataset_export_round_trip(tmp_path):
     """The real path: precompute a Video-R1 JSON with preset videocfr-ref, export it back."""
-    from precompute.cli import main as precompute
+    from videocfr.precompute.cli import main as precompute
 
     root = tmp_path / "data"
     (root / "clips").mkdir(parents=True)

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 from synthetic_cache import TEST_MODEL, make_video
-
-from cache_format import ShardWriter, finalize_cache, job_done, verify_cache
-from cache_format.markers import JobsUnfinished
+from videocfr.cache_format import ShardWriter, finalize_cache, job_done, verify_cache
+from videocfr.cache_format.markers import JobsUnfinished
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = {"faults": "attempts"}
@@ -28,7 +27,7 @@ CHILD = """
 import sys, time
 sys.path[:0] = [{repo!r}, {tests!r}]
 from synthetic_cache import TEST_MODEL, make_video
-from cache_format import ShardWriter
+from videocfr.cache_format import ShardWriter
 cache, seed, parts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 with ShardWriter(cache, {cfg!r}, embed_dim=8, model=TEST_MODEL, max_videos=1) as w:
     for i in range({n}):
@@ -223,7 +222,7 @@ def test_faults_no_flock_needed_names_are_attempt_unique(tmp_path):
 def test_faults_attempt_judged_dead_does_not_commit(tmp_path, monkeypatch):
     """An attempt on another host whose heartbeat went stale is judged dead and its parts are
     collected; when it wakes up, its commit finds them gone and refuses (no broken marker)."""
-    from cache_format.attempts import collect_garbage
+    from videocfr.cache_format.attempts import collect_garbage
 
     cache = tmp_path / "c"
     w = ShardWriter(cache, CFG, embed_dim=8, model=TEST_MODEL, max_videos=1)

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import faults_data as fd
 import pytest
-
-from cache_format import verify_cache
+from videocfr.cache_format import verify_cache
 
 WAIT_S = 240  # generous bounds on a loaded machine; never a timing assertion
 

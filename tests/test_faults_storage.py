@@ -13,19 +13,18 @@ import sys
 import faults_data as fd
 import pytest
 from synthetic_cache import TEST_MODEL, make_question, make_video
-
-from cache_format import ShardWriter
-from cache_format.io import StorageError
-from precompute import job as job_mod
-from precompute.cli import EXIT_BAD_INPUT, EXIT_FATAL, main
+from videocfr.cache_format import ShardWriter
+from videocfr.cache_format.io import StorageError
+from videocfr.precompute import job as job_mod
+from videocfr.precompute.cli import EXIT_BAD_INPUT, EXIT_FATAL, main
 
 CHILD = """
 import sys
 sys.path[:0] = [{repo!r}, {tests!r}]
 import resource
 from synthetic_cache import TEST_MODEL, make_question, make_video
-from cache_format import ShardWriter
-from cache_format.io import StorageError
+from videocfr.cache_format import ShardWriter
+from videocfr.cache_format.io import StorageError
 limit = 64 * 1024
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 try:
@@ -107,7 +106,7 @@ def test_faults_write_errors_become_storage_errors(tmp_path, monkeypatch, call, 
 
 def test_faults_full_disk_refused_before_writing(tmp_path, monkeypatch):
     """Less free space than a shard's bytes: ENOSPC before anything is written."""
-    monkeypatch.setattr("cache_format.io.free_bytes", lambda _d: 100)
+    monkeypatch.setattr("videocfr.cache_format.io.free_bytes", lambda _d: 100)
     with pytest.raises(StorageError, match="ENOSPC.*needs .* bytes, 100 free"):
         with ShardWriter(tmp_path, {"x": 1}, embed_dim=16, model=TEST_MODEL) as w:
             _records(w)
@@ -183,7 +182,7 @@ def test_faults_empty_annotations_refused(dataset, tmp_path, content, no_model, 
 
 
 def test_faults_allow_empty_loads(tmp_path):
-    from precompute.datasets import load_dataset
+    from videocfr.precompute.datasets import load_dataset
 
     (tmp_path / "ann.jsonl").write_text("")
     (tmp_path / "ds.yaml").write_text("annotation: ann.jsonl\nvideo_root: .\n")
@@ -205,7 +204,7 @@ def test_faults_gpu_error_is_fatal(dataset, tmp_path, monkeypatch, capsys):
 
 
 def test_faults_exit_codes_in_help():
-    from precompute.cli import EXIT_UNFINISHED, build_parser
+    from videocfr.precompute.cli import EXIT_UNFINISHED, build_parser
 
     text = build_parser().format_help()
     assert "exit status:" in text

@@ -2,14 +2,14 @@
 
 import numpy as np
 import pytest
-
-from cache_format.fusion import (
+from videocfr.cache_format.fusion import (
     PRESET_WEIGHTS,
     FusionConfig,
     fuse,
     fuse_record,
     novelty_salience,
 )
+
 from tests.synthetic_cache import make_question, make_video
 
 

@@ -15,12 +15,11 @@ import h5py
 import numpy as np
 import pytest
 from synthetic_cache import make_cache
-
-from cache_format import Cache, CacheError, PriorTable, verify_cache
-from cache_format.cli import cache_main
-from cache_format.io import sha256_file
-from cache_format.merge import merge_caches
-from cache_format.structure import StructureError
+from videocfr.cache_format import Cache, CacheError, PriorTable, verify_cache
+from videocfr.cache_format.cli import cache_main
+from videocfr.cache_format.io import sha256_file
+from videocfr.cache_format.merge import merge_caches
+from videocfr.cache_format.structure import StructureError
 
 SENTINEL = np.float32(0.4242)  # the outside file's values: must never reach a reader
 
@@ -232,15 +231,15 @@ def _every_reader(cache: Path, tmp_path: Path, capsys) -> dict[str, str]:
     capsys.readouterr()
     if cache_main(["info", str(cache)]) != 0:
         refused["info"] = capsys.readouterr().err
-    from train.data import CacheSamples
+    from videocfr.train.data import CacheSamples
     try:
         CacheSamples(cache)
     except CacheError as err:
-        refused["train.data"] = getattr(err, "kind", str(err))
+        refused["videocfr.train.data"] = getattr(err, "kind", str(err))
     return refused
 
 
-READERS = {"Cache", "PriorTable.load", "verify", "merge", "info", "train.data"}
+READERS = {"Cache", "PriorTable.load", "verify", "merge", "info", "videocfr.train.data"}
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -250,7 +249,7 @@ def test_hostile_cache_is_refused_by_every_reader(tmp_path, capsys, name):
     refused = _every_reader(cache, tmp_path, capsys)
     assert set(refused) == READERS, f"not refused by {READERS - set(refused)}"
     assert not OUTSIDE_READS, OUTSIDE_READS
-    for reader in ("Cache", "PriorTable.load", "verify", "merge", "train.data"):
+    for reader in ("Cache", "PriorTable.load", "verify", "merge", "videocfr.train.data"):
         assert refused[reader] == kind, (reader, refused[reader])
     assert f"[{kind}]" in refused["info"]
 

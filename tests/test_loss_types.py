@@ -6,8 +6,7 @@ import math
 
 import pytest
 import torch
-
-from train.grpo import grpo_loss
+from videocfr.train.grpo import grpo_loss
 
 # three completions of 1, 4 and 2 tokens (padding after each one's EOS)
 MASK = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.float32)

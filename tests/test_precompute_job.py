@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import videos as clips
-
-from cache_format import Cache
-from precompute.cli import main, slurm_defaults
-from precompute.config import PrecomputeConfig
-from precompute.job import assign_jobs
+from videocfr.cache_format import Cache
+from videocfr.precompute.cli import main, slurm_defaults
+from videocfr.precompute.config import PrecomputeConfig
+from videocfr.precompute.job import assign_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = """\
@@ -122,7 +121,7 @@ def test_resume_after_sigkill(reference, tmp_path):
     env = dict(os.environ, VIDEOCFR_DEBUG_DECODE_FAULT="hang:segA.mp4",
                PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "precompute.cli", "--config", str(cfg),
+        [sys.executable, "-m", "videocfr.precompute.cli", "--config", str(cfg),
          "--dataset", str(ds), "--out", str(out), "--num-shards", "2"], cwd=REPO, env=env,
         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     marker0 = out / "shards" / "job-00000-of-00002.json"
@@ -141,7 +140,7 @@ def test_resume_after_sigkill(reference, tmp_path):
     assert not (out / "shards" / "job-00001-of-00002.json").exists()
     assert not (out / "manifest.json").exists()
 
-    from precompute import job as job_mod
+    from videocfr.precompute import job as job_mod
 
     loads = []
 
@@ -149,7 +148,7 @@ def test_resume_after_sigkill(reference, tmp_path):
         loads.append(clip_cfg.model)
         return job_mod.default_embedder(clip_cfg)
 
-    from precompute.datasets import load_dataset
+    from videocfr.precompute.datasets import load_dataset
 
     dataset = load_dataset(str(ds))
     config = PrecomputeConfig.load(cfg)
@@ -163,7 +162,7 @@ def test_resume_after_sigkill(reference, tmp_path):
 
 def test_finished_jobs_skip_without_loading_the_model(reference, monkeypatch, capsys):
     root, cache_dir = reference
-    from precompute import job as job_mod
+    from videocfr.precompute import job as job_mod
 
     def refuse(_clip_cfg):
         raise AssertionError("the model must not be loaded when every job is done")
@@ -223,7 +222,7 @@ def test_config_yaml_strict_keys(tmp_path):
 
 
 def test_config_dict_round_trip_and_hash():
-    from cache_format import config_hash
+    from videocfr.cache_format import config_hash
 
     for name in ("default", "demo", "tiny"):
         cfg = PrecomputeConfig.load(REPO / "configs" / "precompute" / f"{name}.yaml")
@@ -271,10 +270,10 @@ def test_needle_prior(tmp_path):
     With random text weights the needle's semantic score is an outlier of random sign (top or
     bottom of the min-max range, measured on seeds), so no mass claim is made for that case.
     """
-    from cache_format.fusion import FusionConfig
-    from precompute.clip import TINY_MODEL, ClipEmbedder
-    from precompute.decode import SamplingConfig, decode_video
-    from precompute.saliences import SalienceConfig, question_saliences, scene_salience
+    from videocfr.cache_format.fusion import FusionConfig
+    from videocfr.precompute.clip import TINY_MODEL, ClipEmbedder
+    from videocfr.precompute.decode import SamplingConfig, decode_video
+    from videocfr.precompute.saliences import SalienceConfig, question_saliences, scene_salience
 
     path = clips.needle_clip(tmp_path, num_frames=300, needle=(140, 160))
     dv = decode_video(path, SamplingConfig(num_frames=32, short_side=96))

@@ -14,8 +14,8 @@ import videos as clips
 
 ray = pytest.importorskip("ray")
 
-from precompute.cli import main  # noqa: E402
-from precompute.ray_engine import RayOptions, ray_map  # noqa: E402
+from videocfr.precompute.cli import main  # noqa: E402
+from videocfr.precompute.ray_engine import RayOptions, ray_map  # noqa: E402
 
 
 @pytest.fixture(scope="module")

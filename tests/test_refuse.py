@@ -10,11 +10,11 @@ import h5py
 import numpy as np
 import pytest
 from synthetic_cache import make_cache
+from videocfr.cache_format import Cache, FusionConfig, PriorTable, SchemaError, fuse, verify_cache
+from videocfr.cache_format.fusion import fuse_record
+from videocfr.cache_format.refuse import REFUSED_FROM, fusion_from_cli, refuse_cache
 
-from cache_format import Cache, FusionConfig, PriorTable, SchemaError, fuse, verify_cache
-from cache_format.cli import main
-from cache_format.fusion import fuse_record
-from cache_format.refuse import REFUSED_FROM, fusion_from_cli, refuse_cache
+from videocfr.cli import main
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def test_missing_salience_dataset(source, tmp_path):
 
 def test_refuse_imports_no_torch(source, tmp_path):
     code = (
-        "import sys; from cache_format.cli import main\n"
+        "import sys; from videocfr.cli import main\n"
         f"assert main(['cache', 'refuse', {str(source)!r}, '--preset', 'cfr-novelty', '-o', "
         f"{str(tmp_path / 'o')!r}]) == 0\n"
         "heavy = {'torch', 'open_clip', 'decord', 'cv2', 'precompute', 'faiss'} & "

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from synthetic_cache import make_cache
+from videocfr.cache_format import Cache, CacheError, PriorTable, SchemaError, verify_cache
+from videocfr.cache_format.storage import RemotePath, as_path
 
-from cache_format import Cache, CacheError, PriorTable, SchemaError, verify_cache
-from cache_format.cli import main
-from cache_format.storage import RemotePath, as_path
+from videocfr.cli import main
 
 fsspec = pytest.importorskip("fsspec")
 
@@ -122,9 +122,9 @@ def test_missing_protocol_package_says_what_to_install():
 
 def test_refuse_export_and_search_read_a_remote_cache(local, tmp_path):
     pytest.importorskip("faiss")
-    from cache_format import FusionConfig
-    from cache_format.refuse import refuse_cache
-    from cache_format.search import FrameIndex, build_index
+    from videocfr.cache_format import FusionConfig
+    from videocfr.cache_format.refuse import refuse_cache
+    from videocfr.cache_format.search import FrameIndex, build_index
 
     build_index(local)
     fs = fsspec.filesystem("memory")

@@ -8,8 +8,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
-from train.rewards import (
+from videocfr.train.rewards import (
     AccuracyReward,
     ConsensusFrameReward,
     FormatReward,
@@ -169,7 +168,7 @@ def test_cf_config_errors_and_pickle():
 
 
 def test_combine_rewards_none_is_absent_not_zero():
-    from train.rewards import combine_rewards
+    from videocfr.train.rewards import combine_rewards
 
     total, stats = combine_rewards(
         {"accuracy": [1.0, 0.0, 0.5], "format": [1.0, 1.0, 0.0],

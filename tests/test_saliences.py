@@ -6,9 +6,8 @@ import math
 
 import numpy as np
 import pytest
-
-from cache_format.fusion import FusionConfig
-from precompute.saliences import (
+from videocfr.cache_format.fusion import FusionConfig
+from videocfr.precompute.saliences import (
     SalienceConfig,
     assign_frames_to_scenes,
     minmax,
@@ -166,7 +165,7 @@ def test_cfr_preset_hand_computed():
     raw = np.array([0.1, 0.3, 0.2, 0.1])  # min-max -> r = [0, 1, 0.5, 0]
     glob = np.eye(4)
     text = raw[None]  # cos(e_k, text) = raw_k / |raw|: same order, same min-max
-    from precompute.saliences import SceneSaliences
+    from videocfr.precompute.saliences import SceneSaliences
 
     sc = SceneSaliences(scene=scene.astype(np.float32), scene_rep=np.array([1, 0, 0, 1], bool),
                         frame_scene=np.zeros(4, np.int32))
@@ -181,7 +180,7 @@ def test_cfr_preset_hand_computed():
 
 def test_videocfr_ref_preset_hand_computed():
     # K = 4: semantic set = top ⌈4/4⌉ = 1 frame by raw (frame 1); scene set = reps {0, 3}
-    from precompute.saliences import SceneSaliences
+    from videocfr.precompute.saliences import SceneSaliences
 
     sc = SceneSaliences(scene=np.array([1, 0.5, 0, 1], np.float32),
                         scene_rep=np.array([1, 0, 0, 1], bool), frame_scene=np.zeros(4, np.int32))

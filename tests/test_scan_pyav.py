@@ -7,9 +7,8 @@ import logging
 import numpy as np
 import pytest
 import videos
-
-from precompute.config import PrecomputeConfig
-from precompute.decode import SamplingConfig, VideoDecodeError, decode_video
+from videocfr.precompute.config import PrecomputeConfig
+from videocfr.precompute.decode import SamplingConfig, VideoDecodeError, decode_video
 
 pytest.importorskip("av")
 DECORD, PYAV = SamplingConfig(num_frames=8), SamplingConfig(num_frames=8, decoder="pyav")
@@ -27,7 +26,7 @@ def assert_same(a, b, max_diff):
 @pytest.mark.parametrize("parts", [1, 3])
 def test_pyav_scan_equals_decord_on_synthetic_cuts(tmp_path, parts, caplog):
     clip = videos.colour_segments(tmp_path, [20, 45, 70], 96, size=(320, 176))
-    with caplog.at_level(logging.WARNING, logger="precompute.decode"):
+    with caplog.at_level(logging.WARNING, logger="videocfr.precompute.decode"):
         got = decode_video(clip, PYAV, num_parts=parts, min_part_frames=30)
     assert "disagrees" not in caplog.text  # no fallback: PyAV itself decoded every part
     want = decode_video(clip, DECORD)
@@ -42,7 +41,7 @@ def test_pyav_scan_equals_decord_on_a_real_clip():
 
 
 def test_a_disagreeing_scan_falls_back_to_decord(tmp_path, monkeypatch, caplog):
-    from precompute import scan_pyav
+    from videocfr.precompute import scan_pyav
 
     clip = videos.colour_segments(tmp_path, [30], 60)
 
@@ -50,7 +49,7 @@ def test_a_disagreeing_scan_falls_back_to_decord(tmp_path, monkeypatch, caplog):
         raise scan_pyav.ScanMismatch("expected frame 12, decoded frame 13")
 
     monkeypatch.setattr(scan_pyav, "scan_part", mismatch)
-    with caplog.at_level(logging.WARNING, logger="precompute.decode"):
+    with caplog.at_level(logging.WARNING, logger="videocfr.precompute.decode"):
         got = decode_video(clip, PYAV)
     assert "disagrees with the index (expected frame 12" in caplog.text
     want = decode_video(clip, DECORD)

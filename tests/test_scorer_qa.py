@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import videos as clips
 from synthetic_cache import make_cache
-
-from evaluate.qa import bootstrap_ci, main, read_eval
-from evaluate.scorer import FrozenScorer, ScoreItem
+from videocfr.evaluate.qa import bootstrap_ci, main, read_eval
+from videocfr.evaluate.scorer import FrozenScorer, ScoreItem
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +107,7 @@ def test_qa_end_to_end_resumable(tmp_path, capsys):
 
 
 def test_cache_plot_writes_a_png(tmp_path):
-    from cache_format.cli import cache_main
+    from videocfr.cache_format.cli import cache_main
 
     videos = tmp_path / "videos"
     videos.mkdir()
@@ -122,7 +121,7 @@ def test_cache_plot_writes_a_png(tmp_path):
 
 
 def test_qa_focus_reports_alpha_entropy_and_r_cov(scorer, tmp_path):
-    from evaluate.focus import focus, shown_prior
+    from videocfr.evaluate.focus import focus, shown_prior
 
     item = _items((5,))[0]
     prior = np.array([0.4, 0.1, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05])

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import videos as clips
 from synthetic_cache import make_cache
+from videocfr.cache_format import Cache, CacheError, verify_cache
+from videocfr.cache_format.additions import ADDITION_MANIFEST
+from videocfr.cache_format.search import ADDITION, FrameIndex, build_index
 
-from cache_format import Cache, CacheError, verify_cache
-from cache_format.additions import ADDITION_MANIFEST
-from cache_format.cli import main
-from cache_format.search import ADDITION, FrameIndex, build_index
+from videocfr.cli import main
 
 pytest.importorskip("faiss")
 
@@ -98,7 +98,7 @@ def test_search_without_an_index_says_how_to_build_it(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory) -> Path:
     """A cache precomputed with the tiny random CLIP (seed recorded in its config)."""
-    from precompute.cli import main as precompute
+    from videocfr.precompute.cli import main as precompute
 
     root = tmp_path_factory.mktemp("search")
     clips.colour_segments(root, [20, 45], 60, name="a.mp4")
@@ -115,7 +115,7 @@ def tiny_cache(tmp_path_factory) -> Path:
 
 
 def test_cli_search_uses_the_caches_own_model(tiny_cache, capsys):
-    from precompute.clip import ClipEmbedder
+    from videocfr.precompute.clip import ClipEmbedder
 
     assert main(["cache", "index", str(tiny_cache)]) == 0
     capsys.readouterr()
@@ -133,8 +133,8 @@ def test_cli_search_uses_the_caches_own_model(tiny_cache, capsys):
 
 
 def test_another_seed_does_not_reproduce_the_cache(tiny_cache):
-    from precompute.cache_model import cache_embedder, check_reproduces
-    from precompute.clip import ClipEmbedder
+    from videocfr.precompute.cache_model import cache_embedder, check_reproduces
+    from videocfr.precompute.clip import ClipEmbedder
 
     cache = Cache(tiny_cache)
     assert cache_embedder(cache).model_info == cache.manifest["model"]

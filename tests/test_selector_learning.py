@@ -9,10 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from train.selector.grpo import grpo_step
-from train.selector.policy import FrameSelector, PolicyConfig
-from train.selector.synthetic import NeedleReward, hit_rate, needle_set
+from videocfr.train.selector.grpo import grpo_step
+from videocfr.train.selector.policy import FrameSelector, PolicyConfig
+from videocfr.train.selector.synthetic import NeedleReward, hit_rate, needle_set
 
 D, K, N_PICK, GROUP, BATCH = 16, 32, 4, 8, 16
 
@@ -66,7 +65,7 @@ def test_selector_zero_advantages_change_nothing():
 
 def test_selector_negated_advantages_avoid_the_needle():
     """The sign matters: ascending the negated objective drives the hit rate below chance."""
-    from train.grpo import group_advantages
+    from videocfr.train.grpo import group_advantages
 
     _, curve = _train(25, advantage_fn=lambda r, g: -group_advantages(r, g))
     assert curve[-1] < 0.06, f"hit rate by step: {curve}"

@@ -12,14 +12,20 @@ import pytest
 import torch
 import yaml
 from synthetic_cache import TEST_MODEL, make_question, make_video
-
-from cache_format import Cache, CacheError, SchemaError, ShardWriter, VideoRecord, finalize_cache
-from cache_format.verify import verify_cache
-from train.metrics import read_metrics
-from train.selector import margins as margins_mod
-from train.selector.checkpoint import load_policy
-from train.selector.config import load_selector_config
-from train.selector.trainer import train
+from videocfr.cache_format import (
+    Cache,
+    CacheError,
+    SchemaError,
+    ShardWriter,
+    VideoRecord,
+    finalize_cache,
+)
+from videocfr.cache_format.verify import verify_cache
+from videocfr.train.metrics import read_metrics
+from videocfr.train.selector import margins as margins_mod
+from videocfr.train.selector.checkpoint import load_policy
+from videocfr.train.selector.config import load_selector_config
+from videocfr.train.selector.trainer import train
 
 DIM = 16
 
@@ -70,7 +76,7 @@ def cache(tmp_path):
 
 
 def test_selector_train_cli_routes_and_follows_the_curriculum(tmp_path, cache):
-    from train.cli import main
+    from videocfr.train.cli import main
 
     assert main(["--config", str(_config(tmp_path, *cache))]) == 0
     rows = read_metrics(tmp_path / "run")
@@ -162,9 +168,10 @@ def test_selector_margins_part_is_read_as_hostile_input(tmp_path, cache, damage)
 
 
 def test_selector_refocus_strategy_and_select_cli(tmp_path, cache):
-    from cache_format.cli import main as videocfr
-    from evaluate import strategies
-    from train.selector.select import load_refocus_strategy
+    from videocfr.evaluate import strategies
+    from videocfr.train.selector.select import load_refocus_strategy
+
+    from videocfr.cli import main as videocfr
 
     cache_dir, ann = cache
     train(load_selector_config(_config(tmp_path, cache_dir, ann), ["run.max_steps=2"]))
@@ -176,7 +183,7 @@ def test_selector_refocus_strategy_and_select_cli(tmp_path, cache):
     load_refocus_strategy(tmp_path / "run")  # reloading replaces its own registration
     import argparse
 
-    from train.selector.select import add_refocus_argument, apply_refocus_argument
+    from videocfr.train.selector.select import add_refocus_argument, apply_refocus_argument
 
     parser = argparse.ArgumentParser()
     add_refocus_argument(parser)
@@ -190,7 +197,7 @@ def test_selector_refocus_strategy_and_select_cli(tmp_path, cache):
         assert f["positions"].shape == (6, 6)  # the K = 4 video's questions skipped
         v0 = list(f["video_id"].asstr()[()]).index("v0")
         assert set(f["frame_indices"][v0]) <= set(c.video("v0").frame_indices.tolist())
-    from train.selector.select import load_selections
+    from videocfr.train.selector.select import load_selections
 
     sel = load_selections(cache_dir, "refocus-n6")
     assert len(sel) == 6 and all(v.shape == (6,) for v in sel.values())
@@ -206,7 +213,7 @@ def test_selector_refocus_strategy_and_select_cli(tmp_path, cache):
 
 
 def test_selector_checkpoint_of_another_architecture_is_refused(tmp_path, cache):
-    from train.selector.select import load_refocus_strategy
+    from videocfr.train.selector.select import load_refocus_strategy
 
     cache_dir, ann = cache
     train(load_selector_config(_config(tmp_path, cache_dir, ann), ["run.max_steps=1"]))
@@ -223,9 +230,9 @@ def test_selector_checkpoint_of_another_architecture_is_refused(tmp_path, cache)
 
 
 def test_selector_margin_reward_uses_the_frozen_scorer(cache):
-    scorer_mod = pytest.importorskip("evaluate.scorer", reason="evaluate.scorer (issue 8) absent")
-    from train.selector.data import SelectorSample, relative_times
-    from train.selector.rewards import MarginReward
+    from videocfr.evaluate import scorer as scorer_mod
+    from videocfr.train.selector.data import SelectorSample, relative_times
+    from videocfr.train.selector.rewards import MarginReward
 
     c = Cache(cache[0])
     video = c.video("v0")
@@ -261,7 +268,7 @@ def test_selector_config_errors_name_the_fix(tmp_path, cache):
 
 
 def test_selector_margins_cli_dispatch(tmp_path, cache, capsys):
-    from precompute.cli import main
+    from videocfr.precompute.cli import main
 
     assert main(["margins", "--cache", str(cache[0]), "--tiny-scorer", "--finalize",
                  "--num-shards", "2"]) == 0
@@ -275,8 +282,8 @@ def test_selector_margin_reward_logic_with_a_stub_scorer(cache):
     """tanh(m/2) per row, scorer batches of batch_size, None (counted) for rows it cannot score."""
     from dataclasses import dataclass
 
-    from train.selector.data import SelectorSample, relative_times
-    from train.selector.rewards import MarginReward
+    from videocfr.train.selector.data import SelectorSample, relative_times
+    from videocfr.train.selector.rewards import MarginReward
 
     @dataclass
     class Item:

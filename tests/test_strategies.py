@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
+from videocfr.evaluate.strategies import STRATEGIES, register, select, uniform_positions
 
-from evaluate.strategies import STRATEGIES, register, select, uniform_positions
 from tests.synthetic_cache import make_question, make_video
 
 
@@ -31,7 +31,7 @@ def test_random_is_seeded():
 
 
 def test_bad_budget_and_failed_video_name_the_item():
-    from cache_format import VideoRecord
+    from videocfr.cache_format import VideoRecord
     v = make_video("vid7", k=8)
     q = make_question(v, "q")
     with pytest.raises(ValueError, match="n=9.*vid7.*K=8"):
@@ -58,8 +58,8 @@ def test_a_wrong_strategy_is_caught():
 
 from dataclasses import replace  # noqa: E402
 
-from cache_format.fusion import FusionConfig, fuse_record  # noqa: E402
-from evaluate.strategies import aks, distinct_nearest, make_strategy  # noqa: E402
+from videocfr.cache_format.fusion import FusionConfig, fuse_record  # noqa: E402
+from videocfr.evaluate.strategies import aks, distinct_nearest, make_strategy  # noqa: E402
 
 
 def _with(video, question, **fields):

@@ -12,13 +12,12 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from train import phases
-from train.config import RewardConfig, TrainConfig
-from train.data import Sample
-from train.metrics import read_metrics
-from train.scoring import StepRewards
-from train.temporal import (
+from videocfr.train import phases
+from videocfr.train.config import RewardConfig, TrainConfig
+from videocfr.train.data import Sample
+from videocfr.train.metrics import read_metrics
+from videocfr.train.scoring import StepRewards
+from videocfr.train.temporal import (
     length_reward,
     shuffle_sample_frames,
     shuffled_order,
@@ -173,9 +172,9 @@ def data(tmp_path_factory):
 def _stub_trainer(data, tmp_path, monkeypatch, right_when_ordered: bool):
     """One trainer step whose generate answers B (right) only on ordered (or only on
     shuffled) frames; the real generate still makes the token sequences."""
-    from train import trainer as trainer_mod
-    from train.data import CacheSamples, process
-    from train.tiny import tiny_processor
+    from videocfr.train import trainer as trainer_mod
+    from videocfr.train.data import CacheSamples, process
+    from videocfr.train.tiny import tiny_processor
 
     sample0 = CacheSamples(data["cache"], str(data["videos"]))[0]
     ordered_pixels = process(tiny_processor(), [sample0])["pixel_values_videos"]

@@ -13,10 +13,8 @@ import decord
 import numpy as np
 import pytest
 from synthetic_cache import make_cache
-from videos import segment_frames, write_clip
-
-from train.config import TrainConfig, load_config, parse_override
-from train.data import (
+from videocfr.train.config import TrainConfig, load_config, parse_override
+from videocfr.train.data import (
     CacheSamples,
     Sample,
     batch_indices,
@@ -24,7 +22,8 @@ from train.data import (
     problem_type_of,
     process,
 )
-from train.video import read_frames
+from videocfr.train.video import read_frames
+from videos import segment_frames, write_clip
 
 NUM_FILE_FRAMES = 250  # synthetic_cache's videos: 10 s at 25 fps
 
@@ -58,7 +57,7 @@ def train_cache(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def processor():
-    from train.tiny import tiny_processor
+    from videocfr.train.tiny import tiny_processor
 
     return tiny_processor()
 
@@ -122,7 +121,7 @@ def test_odd_k_is_an_error(processor):
 
 
 def test_wrong_temporal_patch_is_an_error():
-    from train.tiny import tiny_processor
+    from videocfr.train.tiny import tiny_processor
 
     proc = tiny_processor()
     proc.video_processor.temporal_patch_size = 1  # one frame per group: t = K, not K/2
@@ -195,8 +194,7 @@ def test_checked_questions_reject_unknown_types_and_empty_answers(tmp_path):
     # a cache written before precompute validated its records: the trainer refuses it at load,
     # naming and counting the questions, instead of failing when training reaches them
     from synthetic_cache import make_question, make_video
-
-    from cache_format import Cache, CacheError, ShardWriter, finalize_cache
+    from videocfr.cache_format import Cache, CacheError, ShardWriter, finalize_cache
 
     with ShardWriter(tmp_path / "c", {"sampling": {"num_frames": 8}}, embed_dim=16,
                      model={"name": "synthetic", "pretrained": "random"}) as w:
@@ -218,9 +216,9 @@ def test_checked_questions_reject_unknown_types_and_empty_answers(tmp_path):
 
 
 def test_problem_types_agree_across_stages():
-    from precompute.datasets import PROBLEM_TYPES as precompute_types
-    from train.data import PROBLEM_TYPES as data_types
-    from train.rewards import PROBLEM_TYPES as reward_types
+    from videocfr.precompute.datasets import PROBLEM_TYPES as precompute_types
+    from videocfr.train.data import PROBLEM_TYPES as data_types
+    from videocfr.train.rewards import PROBLEM_TYPES as reward_types
 
     assert precompute_types == data_types == reward_types
 

@@ -17,12 +17,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from test_train_data import make_train_cache
-
-from train import trainer as trainer_mod
-from train.cli import main as cli_main
-from train.config import TrainConfig
-from train.metrics import read_metrics
-from train.tiny import tiny_qwen2_5_vl
+from videocfr.train import trainer as trainer_mod
+from videocfr.train.cli import main as cli_main
+from videocfr.train.config import TrainConfig
+from videocfr.train.metrics import read_metrics
+from videocfr.train.tiny import tiny_qwen2_5_vl
 
 G = 3
 

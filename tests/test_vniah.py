@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 import videos as clips
 from synthetic_cache import make_cache
-
-from cache_format import Cache
-from evaluate.vniah.build import COLOURS, BuildConfig, Needle, build, has_cut
-from evaluate.vniah.run import figure_line, needle_positions, score, summarise
+from videocfr.cache_format import Cache
+from videocfr.evaluate.vniah.build import COLOURS, BuildConfig, Needle, build, has_cut
+from videocfr.evaluate.vniah.run import figure_line, needle_positions, score, summarise
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SELECTION = """\
@@ -102,7 +101,7 @@ def test_vniah_end_to_end_tiny(tmp_path, sources):
           sources)
     cfg = tmp_path / "tiny_selection.yaml"
     cfg.write_text(TINY_SELECTION)
-    out = subprocess.run([sys.executable, "-m", "cache_format.cli", "evaluate", "vniah", "run",
+    out = subprocess.run([sys.executable, "-m", "videocfr", "evaluate", "vniah", "run",
                           str(tmp_path / "b"), "--config", str(cfg), "--budgets", "2,8",
                           "--heatmap-n", "2", "--model", "tiny"], capture_output=True, text=True,
                          cwd=REPO)
@@ -124,7 +123,7 @@ def test_vniah_end_to_end_tiny(tmp_path, sources):
 
 
 def test_vniah_bad_input_is_named(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "cache_format.cli", "evaluate", "vniah", "run",
+    out = subprocess.run([sys.executable, "-m", "videocfr", "evaluate", "vniah", "run",
                           str(tmp_path)], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 2 and "needles.json" in out.stderr and "vniah build" in out.stderr
     with pytest.raises(ValueError, match="needle_s"):
@@ -142,12 +141,12 @@ def test_candidates_k_512_end_to_end(tmp_path):
         "options": ["A. red", "B. green"], "answer": "A"}]))
     (tmp_path / "ds.yaml").write_text("annotation: ann.json\nformat: native\nvideo_root: .\n")
     (tmp_path / "cfg.yaml").write_text(TINY_SELECTION)
-    out = subprocess.run([sys.executable, "-m", "cache_format.cli", "precompute", "--config",
+    out = subprocess.run([sys.executable, "-m", "videocfr", "precompute", "--config",
                           str(tmp_path / "cfg.yaml"), "--dataset", str(tmp_path / "ds.yaml"),
                           "--out", str(tmp_path / "c")], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
-    from cache_format import verify_cache
-    from evaluate.strategies import STRATEGIES, select
+    from videocfr.cache_format import verify_cache
+    from videocfr.evaluate.strategies import STRATEGIES, select
     assert verify_cache(tmp_path / "c") == []
     cache = Cache(tmp_path / "c")
     v, q = cache.video("long"), cache.question("long", "q")

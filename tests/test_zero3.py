@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 from test_train_data import make_train_cache
-
-from train.metrics import read_metrics
-from train.tiny import tiny_qwen2_5_vl
+from videocfr.train.metrics import read_metrics
+from videocfr.train.tiny import tiny_qwen2_5_vl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,8 +36,8 @@ import torch
 sys.path.insert(0, {tests!r})
 from test_trainer import LengthReward
 
-from train import trainer as trainer_mod
-from train.config import TrainConfig
+from videocfr.train import trainer as trainer_mod
+from videocfr.train.config import TrainConfig
 
 out = Path({out!r})
 cfg = TrainConfig.from_dict(json.loads({cfg!r}))

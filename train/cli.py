@@ -1,8 +1,8 @@
 """`videocfr train`: run CF-GRPO from a YAML config.
 
     videocfr train --config configs/train/tiny.yaml [--resume] [--output-dir DIR] [k=v ...]
-    python -m train.cli --config configs/train/tiny.yaml
-    deepspeed --hostfile hosts --module train.cli --config configs/train/qwen2_5_vl_7b.yaml
+    python -m videocfr.train.cli --config configs/train/tiny.yaml
+    deepspeed --hostfile hosts --module videocfr.train.cli --config configs/train/qwen2_5_vl_7b.yaml
 
 Overrides are `section.key=value` (YAML values): `grpo.beta=0 run.max_steps=10`.
 """
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"videocfr train: {err}", file=sys.stderr)
         return 2
-    from cache_format import CacheError  # noqa: PLC0415
+    from videocfr.cache_format import CacheError  # noqa: PLC0415
 
     from .trainer import train  # noqa: PLC0415  (torch/transformers only when training)
 

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from cache_format import Cache, CacheError
+from videocfr.cache_format import Cache, CacheError
 
 from .video import read_frames
 

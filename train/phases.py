@@ -21,8 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from cache_format import PriorTable
+from videocfr.cache_format import PriorTable
 
 from .alpha import alpha_entropy, frame_usage, video_group_spans
 from .checkpoint import save_checkpoint

@@ -32,8 +32,7 @@ import numpy as np
 import torch
 import yaml
 from tqdm.auto import tqdm
-
-from cache_format import PriorTable
+from videocfr.cache_format import PriorTable
 
 from .checkpoint import latest_checkpoint, load_checkpoint
 from .config import TrainConfig

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from cache_format import CacheError
+from videocfr.cache_format import CacheError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
-
-from cache_format import Cache, CacheError
+from videocfr.cache_format import Cache, CacheError
 
 from ..strategies import make_strategy, select
 from .build import Needle, load_needles
@@ -37,7 +36,7 @@ DEFAULT_BUDGETS = (4, 8, 16, 32)
 
 def precompute(build_dir: Path, cache_dir: Path, config: str) -> None:
     """The normal precompute job, as a user runs it (a subprocess of the `videocfr` command)."""
-    cmd = [sys.executable, "-m", "cache_format.cli", "precompute", "--config", config,
+    cmd = [sys.executable, "-m", "videocfr", "precompute", "--config", config,
            "--dataset", str(build_dir / "dataset.yaml"), "--out", str(cache_dir)]
     log.info("precompute: %s", " ".join(cmd))
     done = subprocess.run(cmd, capture_output=True, text=True)

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from cache_format import CacheError  # noqa: PLC0415
+    from videocfr.cache_format import CacheError  # noqa: PLC0415
 
     from .config import load_selector_config  # noqa: PLC0415
 

@@ -202,7 +202,7 @@ def is_selector_config(path: str | Path) -> bool:
 def load_selector_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
                          ) -> SelectorTrainConfig:
     """Read a selector YAML and apply `section.key=value` overrides; validate everything."""
-    from train.config import parse_override  # noqa: PLC0415
+    from videocfr.train.config import parse_override  # noqa: PLC0415
 
     data: dict[str, Any] = {}
     where = "config"

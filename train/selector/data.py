@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from cache_format import Cache, CacheError, QuestionRecord, VideoRecord
+from videocfr.cache_format import Cache, CacheError, QuestionRecord, VideoRecord
 
 from .config import SelectorDataConfig
 from .policy import SelectorBatch, collate

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from train.grpo import group_advantages
+from videocfr.train.grpo import group_advantages
 
 from .policy import FrameSelector, SelectorBatch
 

@@ -36,9 +36,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 from tqdm import tqdm
-
-from cache_format import Cache, CacheError, SchemaError
-from cache_format.additions import load_addition, write_addition
+from videocfr.cache_format import Cache, CacheError, SchemaError
+from videocfr.cache_format.additions import load_addition, write_addition
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `videocfr precompute margins`; 0 ok, 2 bad input."""
-    from precompute.cli import slurm_defaults  # noqa: PLC0415  (the same SLURM convention)
+    from videocfr.precompute.cli import slurm_defaults  # noqa: PLC0415  (the same SLURM convention)
 
     args = build_parser().parse_args(argv)
     slurm_n, slurm_i = slurm_defaults()
@@ -286,7 +285,7 @@ def _reward(args):
 
     FrozenScorer = frozen_scorer_class()  # noqa: N806
 
-    from train.data import resolve_video_root  # noqa: PLC0415
+    from videocfr.train.data import resolve_video_root  # noqa: PLC0415
 
     from .rewards import CandidateFrames, MarginReward  # noqa: PLC0415
 

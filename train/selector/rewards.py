@@ -46,7 +46,7 @@ def needle_hits(samples: Sequence[SelectorSample], subsets: Sequence[np.ndarray]
 def frozen_scorer_class():
     """`evaluate.scorer.FrozenScorer`, or a ValueError saying what is missing."""
     try:
-        from evaluate.scorer import FrozenScorer  # noqa: PLC0415
+        from videocfr.evaluate.scorer import FrozenScorer  # noqa: PLC0415
     except ModuleNotFoundError as err:
         raise ValueError(f"the margin reward needs the frozen VLM scorer evaluate.scorer "
                          f"({err}); it ships with the evaluate stage (evaluate/scorer.py)") \
@@ -71,7 +71,7 @@ class CandidateFrames:
 
     def __call__(self, sample: SelectorSample, positions: np.ndarray) -> np.ndarray:
         """uint8 [n, H, W, 3]: the candidates at `positions`, in that order."""
-        from train.video import read_frames  # noqa: PLC0415  (decord: the train extra)
+        from videocfr.train.video import read_frames  # noqa: PLC0415  (decord: the train extra)
 
         vid = sample.video.video_id
         frames = self._frames.get(vid)
@@ -105,7 +105,7 @@ class MarginReward:
     def __init__(self, scorer, frames, scale: float = 2.0, batch_size: int = 8,
                  item_type=None):
         if item_type is None:
-            from evaluate.scorer import ScoreItem as item_type  # noqa: PLC0415, N813
+            from videocfr.evaluate.scorer import ScoreItem as item_type  # noqa: PLC0415, N813
 
         self._item = item_type
         self.scorer = scorer

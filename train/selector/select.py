@@ -3,7 +3,7 @@
 Strategy: evaluate's registry functions take `(video, question, n, rng)`, so a checkpoint is
 bound first::
 
-    from train.selector.select import load_refocus_strategy
+    from videocfr.train.selector.select import load_refocus_strategy
     load_refocus_strategy("runs/refocus/checkpoints/step-002000")   # registers "refocus"
     evaluate.strategies.select("refocus", video, question, 8, rng)
 
@@ -29,8 +29,7 @@ import h5py
 import numpy as np
 import torch
 from tqdm import tqdm
-
-from cache_format import Cache, CacheError, QuestionRecord, VideoRecord
+from videocfr.cache_format import Cache, CacheError, QuestionRecord, VideoRecord
 
 from .checkpoint import load_policy
 from .data import SelectorSample, make_batch, relative_times, video_r1_key
@@ -92,7 +91,7 @@ def load_refocus_strategy(checkpoint: str | Path, name: str = "refocus", greedy:
     A strategy of the same name registered by an earlier call is replaced; any other strategy
     of that name is an error.
     """
-    from evaluate import strategies  # noqa: PLC0415
+    from videocfr.evaluate import strategies  # noqa: PLC0415
 
     policy, state = load_policy(checkpoint, device=device)
     strategy = RefocusStrategy(policy, greedy=greedy, source=state["path"])
@@ -155,7 +154,7 @@ def select_all(cache: Cache, strategy: RefocusStrategy, n: int, batch_size: int 
 def write_selections_addition(cache_dir: str | Path, name: str, chosen: dict, n: int,
                               meta: dict) -> Path:
     """Store selections as a cache addition (see the module docstring for the schema)."""
-    from cache_format.additions import write_addition  # noqa: PLC0415
+    from videocfr.cache_format.additions import write_addition  # noqa: PLC0415
 
     cache = Cache(cache_dir)
     keys = sorted(chosen)
@@ -182,8 +181,8 @@ def load_selections(cache_dir: str | Path, name: str) -> dict[tuple[str, str], n
     Raises:
         CacheError / SchemaError naming what is missing or malformed.
     """
-    from cache_format import SchemaError  # noqa: PLC0415
-    from cache_format.additions import load_addition  # noqa: PLC0415
+    from videocfr.cache_format import SchemaError  # noqa: PLC0415
+    from videocfr.cache_format.additions import load_addition  # noqa: PLC0415
 
     path = load_addition(cache_dir, name, SELECTIONS_VERSION).path("selections.h5")
     want = {"video_id": "S", "question_id": "S", "positions": "i", "frame_indices": "i"}

@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
-
-from train.metrics import MetricsWriter
+from videocfr.train.metrics import MetricsWriter
 
 from .checkpoint import latest_checkpoint, restore, save_checkpoint
 from .config import SelectorTrainConfig
@@ -41,8 +40,8 @@ def build_reward(cfg: SelectorTrainConfig) -> Reward:
                              "needle_frames)")
         return NeedleReward()
 
-    from cache_format import Cache  # noqa: PLC0415
-    from train.data import resolve_video_root  # noqa: PLC0415
+    from videocfr.cache_format import Cache  # noqa: PLC0415
+    from videocfr.train.data import resolve_video_root  # noqa: PLC0415
 
     rc = cfg.reward
     FrozenScorer = frozen_scorer_class()  # noqa: N806
@@ -168,6 +167,6 @@ def train(cfg: SelectorTrainConfig, resume: bool = False, reward: Reward | None 
 
 
 def _cache_hash(cfg: SelectorTrainConfig) -> str:
-    from cache_format import Cache  # noqa: PLC0415
+    from videocfr.cache_format import Cache  # noqa: PLC0415
 
     return Cache(cfg.data.cache_dir).config_hash
