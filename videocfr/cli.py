@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if (err.name or "").startswith("videocfr"):
             raise  # a bug in the project itself, not a missing extra
-        extra = {"evaluate": "dev", "select": "train"}.get(command, command)
+        extra = {"select": "train"}.get(command, command)
         print(f"error: `videocfr {command}` needs the {extra!r} extra ({err}); install it with "
               f"pip install -e '.[{extra}]'", file=sys.stderr)
         return 2
