@@ -1,6 +1,7 @@
 """CF-GRPO under DeepSpeed ZeRO-3: two CPU processes (gloo), two steps.
 
-Each rank trains on its own prompts; ZeRO-3 partitions the parameters (persistence threshold 0,
+Each rank trains on its own prompts (two micro-batches accumulated into each update, decoded by a
+background worker, under a warmup schedule); ZeRO-3 partitions the parameters (persistence threshold 0,
 so even the tiny model's small tensors are sharded) and generation runs with synced_gpus. After
 training, every rank gathers the full parameters and saves them: both ranks must hold the same
 values, different from the initial ones, and the logged loss must be finite.
@@ -74,9 +75,11 @@ def test_zero3_two_ranks_on_cpu(tmp_path):
     run_dir = tmp_path / "run"
     cfg = {
         "model": {"tiny": True, "tiny_seed": 0},
-        "data": {"cache_dir": str(data["cache"]), "video_root": str(data["videos"])},
+        "data": {"cache_dir": str(data["cache"]), "video_root": str(data["videos"]),
+                 "num_workers": 1},
         "grpo": {"num_generations": 2, "max_completion_length": 8, "learning_rate": 1e-2,
-                 "beta": 0.04},
+                 "beta": 0.04, "grad_accum_steps": 2, "lr_schedule": "cosine",
+                 "warmup_steps": 2},
         "run": {"max_steps": 2, "output_dir": str(run_dir), "checkpoint_every": 0,
                 "device": "cpu", "deepspeed": str(tmp_path / "zero3.json"),
                 "tensorboard": False},
@@ -109,7 +112,9 @@ def test_zero3_two_ranks_on_cpu(tmp_path):
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2]
     assert all(math.isfinite(r["loss"]) for r in rows)
-    assert all(r["samples"] == 4 for r in rows)  # 2 ranks x 1 prompt x G=2, summed
+    # 2 ranks x 2 micro-batches x 1 prompt x G=2, summed; one update per step at the warmup rate
+    assert all(r["samples"] == 8 for r in rows)
+    assert [r["lr"] for r in rows] == [5e-3, 1e-2]
 
     r0 = torch.load(tmp_path / "params-rank0.pt", weights_only=False)
     r1 = torch.load(tmp_path / "params-rank1.pt", weights_only=False)

@@ -14,7 +14,9 @@ from typing import Any
 
 import yaml
 
-GATES = ("soft", "hard")
+GATES = ("soft", "hard", "none")
+LR_SCHEDULES = ("constant", "linear", "cosine")
+TINY_SHAPES = ("tiny", "2b")
 ALIGNMENTS = ("dot", "js")
 DECODE_METHODS = ("auto", "sequential", "seek")
 LOSS_TYPES = ("sequence", "token")
@@ -29,6 +31,8 @@ class ModelConfig:
         path: a Hugging Face model id or local directory of a Qwen2.5-VL checkpoint.
         tiny: build a tiny random Qwen2.5-VL and an offline processor instead (tests, demo).
         tiny_seed: seed of the tiny model's random weights.
+        tiny_shape: "tiny" (hidden 64, 2 layers: tests) or "2b" (Qwen2-VL-2B's transformer
+            shapes with the tiny byte vocabulary: speed checks on a GPU, still random weights).
         bf16: run the policy (and reference) in bfloat16.
         attn_implementation: passed to from_pretrained ("sdpa", "eager", "flash_attention_2").
         video_max_pixels: per-frame pixel cap given to the video processor (None: its default).
@@ -39,6 +43,7 @@ class ModelConfig:
     path: str | None = None
     tiny: bool = False
     tiny_seed: int = 0
+    tiny_shape: str = "tiny"
     bf16: bool = False
     attn_implementation: str = "sdpa"
     video_max_pixels: int | None = None
@@ -49,6 +54,9 @@ class ModelConfig:
         if self.tiny == (self.path is not None):
             raise ValueError("model: set exactly one of `model.path` (a Qwen2.5-VL checkpoint) "
                              "or `model.tiny: true` (tiny random model for tests)")
+        if self.tiny_shape not in TINY_SHAPES:
+            raise ValueError(f"model.tiny_shape {self.tiny_shape!r} unknown; use one of "
+                             f"{TINY_SHAPES}")
         for name in ("video_max_pixels", "video_min_pixels"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -70,6 +78,9 @@ class DataConfig:
         shuffle: shuffle the pairs each epoch (seeded by run.seed).
         decode: "sequential" (one pass through the file), "seek" (decord get_batch) or "auto".
         max_samples: use only the first N pairs (None: all).
+        num_workers: background processes that decode and process the next micro-batches
+            while the current step runs (0: decode inside the step).
+        prefetch_factor: micro-batches each worker prepares ahead (with num_workers > 0).
     """
 
     cache_dir: str = "caches/demo"
@@ -80,8 +91,13 @@ class DataConfig:
     shuffle: bool = True
     decode: str = "auto"
     max_samples: int | None = None
+    num_workers: int = 0
+    prefetch_factor: int = 2
 
     def __post_init__(self):
+        if self.num_workers < 0 or self.prefetch_factor < 1:
+            raise ValueError(f"data.num_workers must be >= 0 and data.prefetch_factor >= 1, got "
+                             f"{self.num_workers} and {self.prefetch_factor}")
         if self.decode not in DECODE_METHODS:
             raise ValueError(f"data.decode {self.decode!r} unknown; use one of {DECODE_METHODS}")
         if self.max_samples is not None and self.max_samples <= 0:
@@ -99,8 +115,14 @@ class GRPOConfig:
         learning_rate: AdamW learning rate.
         weight_decay: AdamW weight decay.
         max_grad_norm: gradient clipping (0: none).
-        batch_size: prompts per step (each gives G completions).
-        updates_per_batch: optimizer updates on one batch of rollouts (ρ != 1 after the first).
+        batch_size: prompts per micro-batch and rank (each gives G completions).
+        grad_accum_steps: micro-batches per step; their gradients are summed into one
+            optimizer update (train.optim).
+        updates_per_batch: optimizer updates on one step's rollouts (ρ != 1 after the first).
+        lr_schedule: "constant", "linear" or "cosine" decay over the run's optimizer updates
+            (max_steps x updates_per_batch), after the warmup.
+        warmup_steps: optimizer updates of linear warmup from 0 to learning_rate.
+        min_lr_ratio: the rate at the end of a linear or cosine decay, times learning_rate.
         max_completion_length: cap on generated tokens.
         temperature: sampling temperature of the rollouts.
         top_p: nucleus sampling of the rollouts.
@@ -115,7 +137,11 @@ class GRPOConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     batch_size: int = 1
+    grad_accum_steps: int = 1
     updates_per_batch: int = 1
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
     max_completion_length: int = 512
     temperature: float = 1.0
     top_p: float = 1.0
@@ -130,7 +156,14 @@ class GRPOConfig:
                              f"group), got {self.num_generations}")
         if self.beta < 0 or self.epsilon <= 0 or self.learning_rate <= 0:
             raise ValueError("grpo.beta must be >= 0, grpo.epsilon and grpo.learning_rate > 0")
-        for name in ("batch_size", "updates_per_batch", "max_completion_length"):
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"grpo.lr_schedule {self.lr_schedule!r} unknown; use one of "
+                             f"{LR_SCHEDULES}")
+        if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"grpo.warmup_steps must be >= 0 and grpo.min_lr_ratio in [0, 1], "
+                             f"got {self.warmup_steps} and {self.min_lr_ratio}")
+        for name in ("batch_size", "grad_accum_steps", "updates_per_batch",
+                     "max_completion_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"grpo.{name} must be >= 1, got {getattr(self, name)}")
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
@@ -145,7 +178,8 @@ class RewardConfig:
 
     Args:
         cf_lambda: λ, weight of the consensus-frame term.
-        gate: "soft" (clip(R_acc, 0, 1)) or "hard" (1[R_acc > 0.01], reference code).
+        gate: "soft" (clip(R_acc, 0, 1)), "hard" (1[R_acc > 0.01], reference code) or "none"
+            (always 1: an ablation, the CF term rewards frame usage whatever the answer).
         alignment: "dot" (r_cov = Σ p_g α_g) or "js" (1 - JS(p, α)).
         tau_alpha: τ_α of the softmax over groups in α (0.5, the reference trainer's value).
         format_weight: weight of R_format (1 as in Video-R1).
@@ -183,7 +217,8 @@ class RunConfig:
     """How the run is driven and where it writes.
 
     Args:
-        max_steps: optimizer steps (one step = one batch of prompts and its updates).
+        max_steps: steps (one step = grpo.grad_accum_steps micro-batches of prompts, their
+            rollouts and grpo.updates_per_batch optimizer updates).
         output_dir: run directory (checkpoints, metrics.jsonl, tensorboard/).
         checkpoint_every: save every N steps (0: only at the end).
         keep_checkpoints: how many recent checkpoints to keep (0: all).

@@ -1,7 +1,9 @@
 """The phases of one CF-GRPO step, in the order `train.trainer.train` runs them.
 
-    load_batch -> rollouts -> shuffled_rollouts -> policy_pass -> score -> reference_forward
-    -> update -> log_step
+    per micro-batch (grpo.grad_accum_steps of them):
+        load_batch -> rollouts -> shuffled_rollouts -> policy_pass -> score
+        -> reference_forward -> backward
+    later_updates (grpo.updates_per_batch > 1) -> log_step
 
 Each phase is a function of the run's state (`Run`, built once by the trainer) and of what the
 earlier phases returned; each adds its wall time to the step's `timings` under its own name
@@ -26,9 +28,11 @@ from videocfr.cache_format import PriorTable
 from .alpha import alpha_entropy, frame_usage, video_group_spans
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
-from .data import CacheSamples, Sample, batch_indices, process
+from .data import CacheSamples, Sample, process
 from .grpo import group_advantages, grpo_loss
+from .loader import LoadedBatch
 from .metrics import MetricsWriter, reduce_metrics
+from .optim import Accumulator, schedule_lr, set_lr
 from .rollout import Rollout, generate_rollouts, policy_forward
 from .scoring import StepRewards, StepScores
 from .temporal import shuffle_sample_frames
@@ -46,6 +50,8 @@ class Run:
         engine: the DeepSpeed engine, or None.
         ref: the reference model (None when grpo.beta == 0).
         synced_gpus: generate with synced_gpus (ZeRO-3 with > 1 rank).
+        batches: this rank's micro-batches from the run's start (train.loader).
+        accumulator: backward passes and optimizer updates (train.optim).
     """
 
     cfg: TrainConfig
@@ -64,6 +70,8 @@ class Run:
     synced_gpus: bool
     metrics_out: MetricsWriter
     run_dir: Path
+    batches: Iterator[LoadedBatch]
+    accumulator: Accumulator
     no_prior_total: float = 0.0
 
 
@@ -87,23 +95,25 @@ def timed(timings: dict[str, float], name: str) -> Iterator[None]:
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
 
 
-def load_batch(run: Run, step: int, timings: dict[str, float]) -> Batch:
-    """This rank's slice of the step's pairs with their cached frames, priors and prompts."""
+def load_batch(run: Run, timings: dict[str, float]) -> Batch:
+    """The next micro-batch of this rank: decoded frames, prompts (train.loader), priors.
+
+    With data.num_workers > 0 the batch was prepared in the background; `data` then times only
+    the wait for it (and the copy to the device).
+    """
     cfg = run.cfg
     with timed(timings, "data"):
-        idx = batch_indices(len(run.samples), cfg.grpo.batch_size, step, cfg.run.seed,
-                            cfg.data.shuffle, run.rank, run.world)
-        samples = [run.samples[i] for i in idx]
+        loaded = next(run.batches)
     with timed(timings, "cf"):
-        found = [run.priors.find(*s.key) for s in samples]  # float32 [K] or None: O(1)
+        found = [run.priors.find(*s.key) for s in loaded.samples]  # float32 [K] or None: O(1)
     if not cfg.data.allow_missing_prior and any(p is None for p in found):
-        missing = [s.key for s, p in zip(samples, found) if p is None]
+        missing = [s.key for s, p in zip(loaded.samples, found) if p is None]
         raise KeyError(f"no cached prior for {missing[:3]} in "
                        f"{cfg.data.prior_cache_dir or cfg.data.cache_dir}; set "
                        f"data.allow_missing_prior=true to train them without the CF term")
     with timed(timings, "data"):
-        prompts = process(run.processor, samples).to(run.device)
-    return Batch(indices=idx, samples=samples, priors=found, prompts=prompts)
+        prompts = loaded.prompts.to(run.device)
+    return Batch(indices=loaded.indices, samples=loaded.samples, priors=found, prompts=prompts)
 
 
 def _generate(run: Run, prompts, num_generations: int) -> Rollout:
@@ -191,57 +201,101 @@ def reference_forward(run: Run, rollout: Rollout, timings: dict[str, float]
         return policy_forward(run.ref, rollout, run.cfg.grpo.temperature)[0]
 
 
-def update(run: Run, rollout: Rollout, logp: torch.Tensor, advantages: torch.Tensor,
-           ref_logp: torch.Tensor | None, step: int, timings: dict[str, float]
-           ) -> list[dict[str, float]]:
-    """`grpo.updates_per_batch` optimizer updates; the first reuses the policy_pass log-probs.
+@dataclass
+class Trained:
+    """What later updates of a step need of one micro-batch (all detached)."""
+
+    rollout: Rollout
+    advantages: torch.Tensor
+    old_logp: torch.Tensor
+    ref_logp: torch.Tensor | None
+
+
+def backward(run: Run, rollout: Rollout, logp: torch.Tensor, advantages: torch.Tensor,
+             old_logp: torch.Tensor, ref_logp: torch.Tensor | None, step: int,
+             timings: dict[str, float]) -> dict[str, float]:
+    """The clipped GRPO loss of one micro-batch, backpropagated (train.optim.Accumulator).
 
     Returns:
-        the loss and loss metrics of each update.
+        the loss and its metrics.
     """
     g = run.cfg.grpo
-    mask = rollout.completion_mask.to(logp.device)  # (B*G, C)
-    old_logp = logp.detach()
-    stats = []
     with timed(timings, "update"):
-        for i in range(g.updates_per_batch):
-            if i > 0:  # later updates need the current policy's log-probs
-                logp, _ = policy_forward(run.forward_model, rollout, g.temperature)
-            loss, loss_stats = grpo_loss(logp, advantages, mask, old_logp=old_logp,
-                                         ref_logp=ref_logp, epsilon=g.epsilon, beta=g.beta,
-                                         loss_type=g.loss_type)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"step {step + 1}: loss is {loss.item()}; lower "
-                                         f"grpo.learning_rate or check the rewards")
-            if run.engine is not None:
-                run.engine.backward(loss)
-                run.engine.step()
-            else:
-                loss.backward()
-                if g.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(run.model.parameters(), g.max_grad_norm)
-                run.optimizer.step()
-                run.optimizer.zero_grad(set_to_none=True)
-            stats.append({"loss": loss.item(), **loss_stats})
+        mask = rollout.completion_mask.to(logp.device)  # (B*G, C)
+        loss, loss_stats = grpo_loss(logp, advantages, mask, old_logp=old_logp,
+                                     ref_logp=ref_logp, epsilon=g.epsilon, beta=g.beta,
+                                     loss_type=g.loss_type)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"step {step + 1}: loss is {loss.item()}; lower "
+                                     f"grpo.learning_rate or check the rewards")
+        run.accumulator.backward(loss)
+    return {"loss": loss.item(), **loss_stats}
+
+
+def set_update_lr(run: Run, step: int, update: int) -> float:
+    """Set the learning rate of the step's `update`-th optimizer update (train.optim)."""
+    g = run.cfg.grpo
+    lr = schedule_lr(g, step * g.updates_per_batch + update,
+                     run.cfg.run.max_steps * g.updates_per_batch)
+    set_lr(run.optimizer, lr)
+    return lr
+
+
+def later_updates(run: Run, trained: list[Trained], step: int, timings: dict[str, float]
+                  ) -> list[dict[str, float]]:
+    """Updates 2..grpo.updates_per_batch on the step's rollouts: a new policy forward per
+    micro-batch (ρ != 1 now), its loss backpropagated, one optimizer update per pass.
+
+    Returns:
+        the loss metrics of each micro-batch of each update.
+    """
+    stats = []
+    for update in range(1, run.cfg.grpo.updates_per_batch):
+        set_update_lr(run, step, update)
+        for t in trained:
+            with timed(timings, "policy_forward"):
+                logp, _ = policy_forward(run.forward_model, t.rollout, run.cfg.grpo.temperature)
+            stats.append(backward(run, t.rollout, logp, t.advantages, t.old_logp, t.ref_logp,
+                                  step, timings))
     return stats
 
 
-def log_step(run: Run, step: int, scores: StepScores, alphas: list,
-             stats: list[dict[str, float]], timings: dict[str, float]) -> dict[str, float]:
+def merge_scores(parts: list[dict[str, float]]) -> dict[str, float]:
+    """The step's reward metrics from its micro-batches' (sums of counts, max of maxima, else
+    the mean of the micro-batches that have a value)."""
+    out = {}
+    for key in parts[0]:
+        values = np.array([p[key] for p in parts], dtype=np.float64)
+        if key == "no_prior":
+            out[key] = float(values.sum())
+        elif np.isnan(values).all():
+            out[key] = math.nan
+        elif key.endswith("_max"):
+            out[key] = float(np.nanmax(values))
+        else:
+            out[key] = float(np.nanmean(values))
+    return out
+
+
+def log_step(run: Run, step: int, scores: list[StepScores], alphas: list,
+             stats: list[dict[str, float]], timings: dict[str, float], lr: float
+             ) -> dict[str, float]:
     """Reduce the step's metrics over ranks, write them (rank 0) and save a checkpoint when due.
 
     Returns:
         the reduced metrics.
     """
     cfg = run.cfg
-    run.no_prior_total += scores.metrics["no_prior"]
+    reward_metrics = merge_scores([s.metrics for s in scores])
+    run.no_prior_total += reward_metrics["no_prior"]
     ents = [alpha_entropy(a) for a in alphas if a is not None]
     step_s = timings["step"]
     metrics = {
         **{k: float(np.mean([s[k] for s in stats])) for k in stats[0]},
-        **scores.metrics,
+        **reward_metrics,
         "alpha_entropy": float(np.mean(ents)) if ents else math.nan,
-        "no_prior_total": run.no_prior_total, "samples": float(len(scores.total)),
+        "no_prior_total": run.no_prior_total,
+        "samples": float(sum(len(s.total) for s in scores)), "lr": lr,
         **{f"{name}_s": seconds for name, seconds in timings.items()},
         "cf_share": timings.get("cf", 0.0) / step_s,
     }

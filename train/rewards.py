@@ -22,7 +22,8 @@ conversational completions (`[{"role": "assistant", "content": "..."}]`). The to
   `<answer>...</answer>` (whitespace allowed between, none around: Video-R1's fullmatch).
 - `ConsensusFrameReward`: λ · gate(R_acc) · r_cov with r_cov = Σ_g p_g α_g (`alignment="dot"`)
   or 1 - JS(p, α) with base-2 logarithms, so in [0, 1] (`alignment="js"`); gate = clip(R_acc, 0, 1)
-  (`"soft"`) or 1[R_acc > 0.01] (`"hard"`, the reference code). Samples without video or prior
+  (`"soft"`), 1[R_acc > 0.01] (`"hard"`, the reference code) or 1 (`"none"`, the ungated
+  ablation). Samples without video or prior
   get None, counted in `num_no_prior`.
 
 Bad input never raises: no `<answer>` or an empty one is the answer "", two blocks take the
@@ -45,7 +46,7 @@ from .alpha import check_aligned, group_prior
 
 PROBLEM_TYPES = ("multiple choice", "numerical", "OCR", "free-form", "regression")
 ANSWER_MODES = ("video-r1", "lenient")
-GATES = ("soft", "hard")
+GATES = ("soft", "hard", "none")
 ALIGNMENTS = ("dot", "js")
 
 _ANSWER_RE = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
@@ -316,11 +317,13 @@ class FormatReward:
 
 
 def gate_value(acc: float, gate: str) -> float:
-    """gate(R_acc): clip(acc, 0, 1) for "soft", 1[acc > 0.01] for "hard"."""
+    """gate(R_acc): clip(acc, 0, 1) for "soft", 1[acc > 0.01] for "hard", 1 for "none"."""
     if gate == "soft":
         return float(min(1.0, max(0.0, acc)))
     if gate == "hard":
         return float(acc > 0.01)
+    if gate == "none":
+        return 1.0
     raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
 
 
@@ -383,7 +386,7 @@ class ConsensusFrameReward:
 
     Args:
         lam: λ (>= 0), 5.0 in the reference.
-        gate: "soft" (clip(R_acc, 0, 1)) or "hard" (1[R_acc > 0.01]).
+        gate: "soft" (clip(R_acc, 0, 1)), "hard" (1[R_acc > 0.01]) or "none" (1: an ablation).
         alignment: "dot" (Σ p_g α_g) or "js" (1 - JS with base-2 logs).
         accuracy: the R_acc reward used for the gate when `acc_rewards` is not passed.
     """

@@ -127,43 +127,60 @@ def tiny_processor() -> Qwen2_5_VLProcessor:
     )
 
 
-def tiny_config(tokenizer: PreTrainedTokenizerFast | None = None) -> Qwen2_5_VLConfig:
-    """Tiny Qwen2.5-VL config: text hidden 64 (2 layers, 4 heads), vision hidden 32 (2 layers).
+# Random-weight shapes: "tiny" (0.19M parameters) for tests on CPU; "2b" for speed checks on a
+# GPU: Qwen2-VL-2B's language model and Qwen2.5-VL's 32-layer vision tower, 1.98B parameters
+# with the byte tokenizer's vocabulary (a real 151k vocabulary would add 0.47B of embeddings).
+SHAPES: dict[str, dict[str, dict]] = {
+    "tiny": {
+        "text": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, mrope_section=[2, 3, 3]),
+        "vision": dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, window_size=56,
+                       fullatt_block_indexes=[1]),
+    },
+    "2b": {
+        "text": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                     num_attention_heads=12, num_key_value_heads=2, mrope_section=[16, 24, 24]),
+        "vision": dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                       window_size=112, fullatt_block_indexes=[7, 15, 23, 31]),
+    },
+}
+
+
+def tiny_config(tokenizer: PreTrainedTokenizerFast | None = None,
+                shape: str = "tiny") -> Qwen2_5_VLConfig:
+    """A random Qwen2.5-VL config; "tiny": text hidden 64 (2 layers, 4 heads), vision hidden 32
+    (2 layers); "2b": see SHAPES.
 
     Args:
         tokenizer: token ids are read from it (default: `tiny_tokenizer()`).
+        shape: a key of SHAPES.
 
     Returns:
         Qwen2_5_VLConfig whose special token ids match the tokenizer.
     """
+    if shape not in SHAPES:
+        raise ValueError(f"tiny model shape {shape!r} unknown; use one of {sorted(SHAPES)}")
     tok = tokenizer if tokenizer is not None else tiny_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     vocab_size = ((len(tok) + 7) // 8) * 8
+    text = dict(SHAPES[shape]["text"])
+    mrope = text.pop("mrope_section")
     text_config = dict(
         vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        # mrope splits head_dim/2 = 8 rotary frequencies into (temporal, height, width).
-        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+        **text,
+        max_position_embeddings=32768,
+        # mrope splits head_dim/2 rotary frequencies into (temporal, height, width).
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope},
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
     )
     vision_config = dict(
-        depth=2,
-        hidden_size=32,
-        intermediate_size=64,
-        num_heads=2,
+        **SHAPES[shape]["vision"],
         patch_size=14,
         spatial_merge_size=2,
         temporal_patch_size=2,
-        window_size=56,
-        out_hidden_size=64,
-        fullatt_block_indexes=[1],
+        out_hidden_size=text["hidden_size"],
         tokens_per_second=2,
     )
     return Qwen2_5_VLConfig(
@@ -177,18 +194,20 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast | None = None) -> Qwen2_5_VLC
     )
 
 
-def tiny_qwen2_5_vl(seed: int = 0, tokenizer: PreTrainedTokenizerFast | None = None):
-    """A tiny random `Qwen2_5_VLForConditionalGeneration` (float32, eval mode, ~0.2M params).
+def tiny_qwen2_5_vl(seed: int = 0, tokenizer: PreTrainedTokenizerFast | None = None,
+                    shape: str = "tiny"):
+    """A random `Qwen2_5_VLForConditionalGeneration` (float32, eval mode; "tiny": ~0.2M params).
 
     Args:
         seed: torch seed for the random init (same seed, same weights).
         tokenizer: token ids are read from it (default: `tiny_tokenizer()`).
+        shape: a key of SHAPES.
 
     Returns:
         Qwen2_5_VLForConditionalGeneration on CPU with `generation_config` eos/pad set and the
         vision placeholder tokens suppressed in generation.
     """
-    config = tiny_config(tokenizer)
+    config = tiny_config(tokenizer, shape)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(config)
@@ -204,14 +223,15 @@ def tiny_qwen2_5_vl(seed: int = 0, tokenizer: PreTrainedTokenizerFast | None = N
     return model.eval()
 
 
-def tiny_model_and_processor(seed: int = 0):
+def tiny_model_and_processor(seed: int = 0, shape: str = "tiny"):
     """The tiny model and its matching processor (shared tokenizer ids).
 
     Args:
         seed: torch seed for the model's random init.
+        shape: a key of SHAPES.
 
     Returns:
         (Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor)
     """
     processor = tiny_processor()
-    return tiny_qwen2_5_vl(seed, processor.tokenizer), processor
+    return tiny_qwen2_5_vl(seed, processor.tokenizer, shape), processor

@@ -1,21 +1,26 @@
 """CF-GRPO: GRPO on a Video-MLLM with a reward for using the frames the cached prior points at.
 
 One step is a list of phases (train.phases; `train` below reads as that list):
-1. load_batch: B (video, question) pairs of the cache, exactly the cached frames decoded, and
-   their priors looked up in the in-memory PriorTable (O(1));
+1. load_batch: B (video, question) pairs of the cache, exactly the cached frames decoded (ahead
+   of time, train.loader), and their priors looked up in the in-memory PriorTable (O(1));
 2. rollouts: G completions per prompt with HF generate;
 3. shuffled_rollouts (reward.temporal): G/2 more on the same frames shuffled, scored only;
 4. policy_pass: ONE forward of the policy on prompt + completion with output_hidden_states: the
    completion log-probs (for the loss) and the last layer's hidden states (for α);
 5. score: R = R_acc (+ temporal bonus) + R_format (+ length) + λ·gate(R_acc)·r_cov
    (train.scoring; no CLIP, no decode, no extra forward), group-normalised advantages;
-6. reference_forward (only when β > 0); 7. update: clipped loss + β·KL_k3, `loss_type`
-   normalisation, `updates_per_batch` optimizer updates (the first reuses step 4's forward);
+6. reference_forward (only when β > 0); 7. backward: clipped loss + β·KL_k3, `loss_type`
+   normalisation (the first update reuses step 4's forward; `updates_per_batch` - 1 later
+   updates forward again);
 8. log_step: metrics over ranks, checkpoint.
 
+With grpo.grad_accum_steps > 1, steps 1-7 run once per micro-batch (each loss is backpropagated
+at once) and the optimizer updates once per step (train.optim, which also sets the warmup +
+cosine/linear learning rate). Micro-batches are decoded and processed ahead of the step by
+data.num_workers background workers (train.loader).
+
 Left out of GRPO as TRL implements it: vLLM rollouts, reward models, entropy bonus, asymmetric
-clipping, DAPO/Dr.GRPO normalisations, LR schedules and warmup, gradient accumulation over
-micro-batches (one step = one batch), reference model syncing, prompt truncation (a prompt
+clipping, DAPO/Dr.GRPO normalisations, reference model syncing, prompt truncation (a prompt
 never loses video tokens; set model.video_max_pixels to bound its length), multi-video prompts.
 """
 
@@ -37,18 +42,23 @@ from videocfr.cache_format import PriorTable
 from .checkpoint import latest_checkpoint, load_checkpoint
 from .config import TrainConfig
 from .data import CacheSamples
+from .loader import MicroBatches, batch_loader
 from .metrics import MetricsWriter, read_metrics
+from .optim import Accumulator
 from .phases import (
     Run,
+    Trained,
+    backward,
+    later_updates,
     load_batch,
     log_step,
     policy_pass,
     reference_forward,
     rollouts,
     score,
+    set_update_lr,
     shuffled_rollouts,
     timed,
-    update,
 )
 from .scoring import StepRewards
 
@@ -85,8 +95,9 @@ def deepspeed_config(path: str, cfg: TrainConfig, world_size: int) -> dict:
         raise FileNotFoundError(f"DeepSpeed config {path} not found (run.deepspeed); see "
                                 f"configs/deepspeed/zero3.json")
     ds = json.loads(path.read_text())
-    fill = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-            "train_batch_size": world_size, "gradient_clipping": cfg.grpo.max_grad_norm}
+    accum = cfg.grpo.grad_accum_steps
+    fill = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": accum,
+            "train_batch_size": accum * world_size, "gradient_clipping": cfg.grpo.max_grad_norm}
     for key, value in fill.items():
         if ds.get(key, "auto") == "auto":
             ds[key] = value
@@ -104,7 +115,7 @@ def load_policy(cfg: TrainConfig):
     if cfg.model.tiny:
         from .tiny import tiny_model_and_processor  # noqa: PLC0415
 
-        model, processor = tiny_model_and_processor(cfg.model.tiny_seed)
+        model, processor = tiny_model_and_processor(cfg.model.tiny_seed, cfg.model.tiny_shape)
         model = model.to(dtype)
     else:
         from transformers import (  # noqa: PLC0415
@@ -152,19 +163,31 @@ def train(cfg: TrainConfig, resume: bool = False,
         Path of the run directory (checkpoints/, metrics.jsonl, tensorboard/, final/).
     """
     run, start = setup(cfg, resume, extra_rewards or [])
+    cfg = run.cfg
     steps = tqdm(range(start, cfg.run.max_steps), initial=start, total=cfg.run.max_steps,
                  desc="cf-grpo", disable=run.rank != 0)
     for step in steps:
         t: dict[str, float] = {}
         with timed(t, "step"):
-            batch = load_batch(run, step, t)
-            rollout = rollouts(run, batch, t)
-            shuffled = shuffled_rollouts(run, batch, step, t)  # T-GRPO; None when off
-            logp, alphas = policy_pass(run, rollout, t)
-            scores, advantages = score(run, batch, rollout, shuffled, alphas, t)
-            ref_logp = reference_forward(run, rollout, t)
-            stats = update(run, rollout, logp, advantages, ref_logp, step, t)
-        metrics = log_step(run, step, scores, alphas, stats, t)
+            lr = set_update_lr(run, step, 0)
+            scores, alphas, stats, trained = [], [], [], []
+            for _ in range(cfg.grpo.grad_accum_steps):  # one optimizer update over all of them
+                batch = load_batch(run, t)
+                rollout = rollouts(run, batch, t)
+                shuffled = shuffled_rollouts(run, batch, step, t)  # T-GRPO; None when off
+                logp, micro_alphas = policy_pass(run, rollout, t)
+                micro_scores, advantages = score(run, batch, rollout, shuffled, micro_alphas, t)
+                ref_logp = reference_forward(run, rollout, t)
+                old_logp = logp.detach()
+                stats.append(backward(run, rollout, logp, advantages, old_logp, ref_logp, step,
+                                      t))
+                del logp  # frees this micro-batch's graph before the next one's rollouts
+                scores.append(micro_scores)
+                alphas += micro_alphas
+                if cfg.grpo.updates_per_batch > 1:  # kept for the later updates' forwards
+                    trained.append(Trained(rollout, advantages, old_logp, ref_logp))
+            stats += later_updates(run, trained, step, t)
+        metrics = log_step(run, step, scores, alphas, stats, t, lr)
         steps.set_postfix(loss=f"{metrics['loss']:.4f}", reward=f"{metrics['reward']:.3f}")
     run.metrics_out.close()
     export_final(run.run_dir / "final", run.model, run.processor, run.engine, run.rank)
@@ -213,10 +236,16 @@ def setup(cfg: TrainConfig, resume: bool, extra_rewards: list) -> tuple[Run, int
         rows = [r for r in read_metrics(run_dir) if r["step"] <= start]
         metrics_out.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         no_prior_total = float(rows[-1].get("no_prior_total") or 0.0) if rows else 0.0
+    accum = cfg.grpo.grad_accum_steps
+    micro = MicroBatches(samples, processor, cfg.grpo.batch_size, cfg.run.seed, cfg.data.shuffle,
+                         rank, world, first=start * accum,
+                         count=(cfg.run.max_steps - start) * accum)
     run = Run(cfg=cfg, rank=rank, world=world, device=device, model=model,
               forward_model=engine if engine is not None else model, engine=engine,
               optimizer=optimizer, ref=ref, processor=processor, samples=samples, priors=priors,
               rewards=rewards, synced_gpus=synced, metrics_out=metrics_out, run_dir=run_dir,
+              batches=batch_loader(micro, cfg.data.num_workers, cfg.data.prefetch_factor),
+              accumulator=Accumulator(model, optimizer, engine, accum, cfg.grpo.max_grad_norm),
               no_prior_total=no_prior_total)
     return run, start
 
