@@ -1,8 +1,9 @@
 """CF-GRPO under DeepSpeed ZeRO-3: two CPU processes (gloo), two steps.
 
 Each rank trains on its own prompts (two micro-batches accumulated into each update, decoded by a
-background worker, under a warmup schedule); ZeRO-3 partitions the parameters (persistence threshold 0,
-so even the tiny model's small tensors are sharded) and generation runs with synced_gpus. After
+background worker, under a warmup schedule); ZeRO-3 partitions the parameters (persistence
+threshold 0, so even the tiny model's small tensors are sharded) and generation runs with
+synced_gpus. After
 training, every rank gathers the full parameters and saves them: both ranks must hold the same
 values, different from the initial ones, and the logged loss must be finite.
 

@@ -22,9 +22,7 @@ import math
 
 import torch
 
-from .config import GRPOConfig
-
-SCHEDULES = ("constant", "linear", "cosine")
+from .config import LR_SCHEDULES, GRPOConfig
 
 
 def lr_at(update: int, base_lr: float, schedule: str = "constant", warmup_steps: int = 0,
@@ -34,7 +32,7 @@ def lr_at(update: int, base_lr: float, schedule: str = "constant", warmup_steps:
     Args:
         update: updates done before this one.
         base_lr: the peak rate (grpo.learning_rate).
-        schedule: one of SCHEDULES.
+        schedule: one of config.LR_SCHEDULES.
         warmup_steps: updates of linear warmup (update w < warmup_steps gets (w+1)/warmup · lr).
         total_updates: updates in the whole run (the decay ends at the last one).
         min_lr_ratio: the rate at the end of the decay, as a fraction of base_lr.
@@ -42,8 +40,8 @@ def lr_at(update: int, base_lr: float, schedule: str = "constant", warmup_steps:
     Returns:
         float, the learning rate.
     """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"lr schedule {schedule!r} unknown; use one of {SCHEDULES}")
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr schedule {schedule!r} unknown; use one of {LR_SCHEDULES}")
     if update < warmup_steps:
         return base_lr * (update + 1) / warmup_steps
     if schedule == "constant":
