@@ -10,9 +10,28 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 SUM_KEYS = ("no_prior", "no_prior_total", "samples")
+
+
+def merge_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Combine the metrics of one step's micro-batches by reduce_metrics' rule (sums for SUM_KEYS,
+    max for "_max" keys, else the mean of the parts that have a value; NaN where none has).
+    """
+    out = {}
+    for key in parts[0]:
+        values = np.array([p[key] for p in parts], dtype=np.float64)
+        if key in SUM_KEYS:
+            out[key] = float(np.nansum(values))
+        elif np.isnan(values).all():
+            out[key] = math.nan
+        elif key.endswith("_max"):
+            out[key] = float(np.nanmax(values))
+        else:
+            out[key] = float(np.nanmean(values))
+    return out
 
 
 def reduce_metrics(metrics: dict[str, float], device: torch.device | str = "cpu"

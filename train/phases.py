@@ -28,10 +28,10 @@ from videocfr.cache_format import PriorTable
 from .alpha import alpha_entropy, frame_usage, video_group_spans
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
-from .data import CacheSamples, Sample, process
+from .data import Sample, process
 from .grpo import group_advantages, grpo_loss
 from .loader import LoadedBatch
-from .metrics import MetricsWriter, reduce_metrics
+from .metrics import MetricsWriter, merge_metrics, reduce_metrics
 from .optim import Accumulator, schedule_lr, set_lr
 from .rollout import Rollout, generate_rollouts, policy_forward
 from .scoring import StepRewards, StepScores
@@ -64,7 +64,6 @@ class Run:
     optimizer: Any
     ref: Any
     processor: Any
-    samples: CacheSamples
     priors: PriorTable
     rewards: StepRewards
     synced_gpus: bool
@@ -260,23 +259,6 @@ def later_updates(run: Run, trained: list[Trained], step: int, timings: dict[str
     return stats
 
 
-def merge_scores(parts: list[dict[str, float]]) -> dict[str, float]:
-    """The step's reward metrics from its micro-batches' (sums of counts, max of maxima, else
-    the mean of the micro-batches that have a value)."""
-    out = {}
-    for key in parts[0]:
-        values = np.array([p[key] for p in parts], dtype=np.float64)
-        if key == "no_prior":
-            out[key] = float(values.sum())
-        elif np.isnan(values).all():
-            out[key] = math.nan
-        elif key.endswith("_max"):
-            out[key] = float(np.nanmax(values))
-        else:
-            out[key] = float(np.nanmean(values))
-    return out
-
-
 def log_step(run: Run, step: int, scores: list[StepScores], alphas: list,
              stats: list[dict[str, float]], timings: dict[str, float], lr: float
              ) -> dict[str, float]:
@@ -286,7 +268,7 @@ def log_step(run: Run, step: int, scores: list[StepScores], alphas: list,
         the reduced metrics.
     """
     cfg = run.cfg
-    reward_metrics = merge_scores([s.metrics for s in scores])
+    reward_metrics = merge_metrics([s.metrics for s in scores])
     run.no_prior_total += reward_metrics["no_prior"]
     ents = [alpha_entropy(a) for a in alphas if a is not None]
     step_s = timings["step"]

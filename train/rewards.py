@@ -43,11 +43,9 @@ from typing import Any
 import numpy as np
 
 from .alpha import check_aligned, group_prior
+from .config import ALIGNMENTS, ANSWER_MODES, GATES
 
 PROBLEM_TYPES = ("multiple choice", "numerical", "OCR", "free-form", "regression")
-ANSWER_MODES = ("video-r1", "lenient")
-GATES = ("soft", "hard", "none")
-ALIGNMENTS = ("dot", "js")
 
 _ANSWER_RE = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
 _FORMAT_RE = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)

@@ -163,7 +163,6 @@ def train(cfg: TrainConfig, resume: bool = False,
         Path of the run directory (checkpoints/, metrics.jsonl, tensorboard/, final/).
     """
     run, start = setup(cfg, resume, extra_rewards or [])
-    cfg = run.cfg
     steps = tqdm(range(start, cfg.run.max_steps), initial=start, total=cfg.run.max_steps,
                  desc="cf-grpo", disable=run.rank != 0)
     for step in steps:
@@ -242,7 +241,7 @@ def setup(cfg: TrainConfig, resume: bool, extra_rewards: list) -> tuple[Run, int
                          count=(cfg.run.max_steps - start) * accum)
     run = Run(cfg=cfg, rank=rank, world=world, device=device, model=model,
               forward_model=engine if engine is not None else model, engine=engine,
-              optimizer=optimizer, ref=ref, processor=processor, samples=samples, priors=priors,
+              optimizer=optimizer, ref=ref, processor=processor, priors=priors,
               rewards=rewards, synced_gpus=synced, metrics_out=metrics_out, run_dir=run_dir,
               batches=batch_loader(micro, cfg.data.num_workers, cfg.data.prefetch_factor),
               accumulator=Accumulator(model, optimizer, engine, accum, cfg.grpo.max_grad_norm),
