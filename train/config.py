@@ -1,6 +1,6 @@
 """The CF-GRPO trainer's configuration: nested dataclasses loaded from YAML.
 
-A YAML file has the sections `model`, `data`, `grpo`, `reward` and `run`; every key is a field
+A YAML file has the sections `model`, `data`, `grpo`, `reward`, `rollout` and `run`; every key is a field
 below. Unknown keys are errors naming the key; `key=value` overrides from the command line
 address fields as `section.field` (`grpo.beta=0`, `run.max_steps=10`).
 """
@@ -213,6 +213,29 @@ class RewardConfig:
 
 
 @dataclass
+class RolloutConfig:
+    """How rollouts are sampled and how the forwards see the video (train.engines).
+
+    Args:
+        engine: "shared_prefill" (one prefill of each prompt, vision tower included, its KV
+            cache shared by the G completions) or "generate" (HF generate: the prompt and its
+            video run G times); see train.engines for what another engine must honour.
+        vision_once: the policy and reference forwards run the vision tower once per prompt
+            and share its embeddings among the G rows (false: once per row, as generate does).
+    """
+
+    engine: str = "shared_prefill"
+    vision_once: bool = True
+
+    def __post_init__(self):
+        from .engines import ENGINES  # noqa: PLC0415  (the registry is the one list of names)
+
+        if self.engine not in ENGINES:
+            raise ValueError(f"rollout.engine {self.engine!r} unknown; use one of "
+                             f"{sorted(ENGINES)}")
+
+
+@dataclass
 class RunConfig:
     """How the run is driven and where it writes.
 
@@ -256,6 +279,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -278,7 +302,7 @@ class TrainConfig:
 
 
 _SECTION_TYPES = {"model": ModelConfig, "data": DataConfig, "grpo": GRPOConfig,
-                  "reward": RewardConfig, "run": RunConfig}
+                  "reward": RewardConfig, "rollout": RolloutConfig, "run": RunConfig}
 
 
 def _build(section_cls, values: dict[str, Any], where: str):
