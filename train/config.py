@@ -1,7 +1,7 @@
 """The CF-GRPO trainer's configuration: nested dataclasses loaded from YAML.
 
-A YAML file has the sections `model`, `data`, `grpo`, `reward`, `rollout` and `run`; every key is a field
-below. Unknown keys are errors naming the key; `key=value` overrides from the command line
+A YAML file has the sections `model`, `data`, `grpo`, `reward`, `rollout` and `run`; every key is
+a field below. Unknown keys are errors naming the key; `key=value` overrides from the command line
 address fields as `section.field` (`grpo.beta=0`, `run.max_steps=10`).
 """
 

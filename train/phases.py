@@ -29,11 +29,11 @@ from .alpha import alpha_entropy, frame_usage, video_group_spans
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
 from .data import Sample, process
+from .engines import Sampling, make_engine
 from .grpo import group_advantages, grpo_loss
 from .loader import LoadedBatch
 from .metrics import MetricsWriter, merge_metrics, reduce_metrics
 from .optim import Accumulator, schedule_lr, set_lr
-from .engines import Sampling, make_engine
 from .rollout import Rollout, policy_forward
 from .scoring import StepRewards, StepScores
 from .temporal import shuffle_sample_frames
