@@ -172,6 +172,7 @@ def _all_done(done: bool, synced: bool, device) -> bool:
     return flag.item() == 0.0
 
 
+@torch.no_grad()
 def prefill(module, prompts, num_generations: int):
     """One forward of the B prompts (vision tower included), its cache expanded to B·G rows.
 
