@@ -16,7 +16,7 @@ import yaml
 
 GATES = ("soft", "hard", "none")
 LR_SCHEDULES = ("constant", "linear", "cosine")
-TINY_SHAPES = ("tiny", "2b")
+TINY_SHAPES = ("tiny", "vision", "2b")
 ALIGNMENTS = ("dot", "js")
 DECODE_METHODS = ("auto", "sequential", "seek")
 LOSS_TYPES = ("sequence", "token")
@@ -31,7 +31,8 @@ class ModelConfig:
         path: a Hugging Face model id or local directory of a Qwen2.5-VL checkpoint.
         tiny: build a tiny random Qwen2.5-VL and an offline processor instead (tests, demo).
         tiny_seed: seed of the tiny model's random weights.
-        tiny_shape: "tiny" (hidden 64, 2 layers: tests) or "2b" (Qwen2-VL-2B's transformer
+        tiny_shape: "tiny" (hidden 64, 2 layers: tests), "vision" (Qwen2.5-VL's vision tower,
+            a 2-layer LLM: CPU speed checks) or "2b" (Qwen2-VL-2B's transformer
             shapes with the tiny byte vocabulary: speed checks on a GPU, still random weights).
         bf16: run the policy (and reference) in bfloat16.
         attn_implementation: passed to from_pretrained ("sdpa", "eager", "flash_attention_2").
