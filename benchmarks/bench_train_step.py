@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -275,9 +276,11 @@ def vision_heavy(args) -> int:
         with torch.no_grad():
             _, t_ref = timed(lambda: policy_forward(model, rollout, 1.0,
                                                     vision_once=path["vision_once"]))
-            index = torch.arange(args.b).repeat_interleave(G)
-            _, t_vit = timed(lambda: qwen_vl.video_outputs(
-                model, qwen_vl.repeat_pixels(prompts, index)))  # the tower on B*G videos
+            t_vit = math.nan
+            if not path["vision_once"]:  # the tower alone on the B*G videos of a forward
+                index = torch.arange(args.b).repeat_interleave(G)
+                _, t_vit = timed(lambda: qwen_vl.video_outputs(
+                    model, qwen_vl.repeat_pixels(prompts, index)))
         return {"rollout": t_roll, "policy_forward": t_fwd, "backward": t_bwd,
                 "reference": t_ref, "vit_bg": t_vit,
                 "completion": float(rollout.completion_mask.sum(1).mean())}
