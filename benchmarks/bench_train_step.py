@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beta", type=float, default=0.04)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--size", choices=("tiny", "vision", "2b"), default="tiny",
-                        help="random model shape (train.tiny.SHAPES); vision: phase by phase")
+                        help="random model shape (vlm.tiny.SHAPES); vision: phase by phase")
     parser.add_argument("--b", type=int, default=1, help="prompts per micro-batch (vision)")
     parser.add_argument("--paths", choices=("both", "old", "new"), default="both",
                         help="trainer runs: today's path (rollout.engine generate, "
@@ -234,7 +234,7 @@ def vision_heavy(args) -> int:
     from videocfr.train.engines import Sampling, make_engine
     from videocfr.train.grpo import grpo_loss
     from videocfr.train.rollout import policy_forward
-    from videocfr.train.tiny import tiny_model_and_processor
+    from videocfr.vlm.tiny import tiny_model_and_processor
 
     torch.manual_seed(0)
     model, processor = tiny_model_and_processor(0, "vision")

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 from videocfr.train import engines, qwen_vl
-from videocfr.train.alpha import frame_usage, video_group_spans
 from videocfr.train.config import TrainConfig
 from videocfr.train.engines import Sampling, make_engine
 from videocfr.train.grpo import grpo_loss
 from videocfr.train.rollout import build_rollout, eos_token_ids, forward_inputs, policy_forward
-from videocfr.train.tiny import tiny_model_and_processor
+from videocfr.vlm.alpha import frame_usage, video_group_spans
+from videocfr.vlm.tiny import tiny_model_and_processor
 
 G = 3
 REL = 1e-5

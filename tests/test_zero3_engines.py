@@ -35,7 +35,7 @@ from test_engines import prompts_of
 from videocfr.train.engines import Sampling, make_engine
 from videocfr.train.grpo import grpo_loss
 from videocfr.train.rollout import policy_forward
-from videocfr.train.tiny import tiny_model_and_processor
+from videocfr.vlm.tiny import tiny_model_and_processor
 
 deepspeed.init_distributed(dist_backend="gloo")
 rank = torch.distributed.get_rank()

@@ -12,7 +12,7 @@
   shared prefill passes them explicitly, so no state is left in the model (`rope_deltas`).
 - `vision_token_ids`: the placeholders a completion must never hold.
 
-Where a video's temporal groups sit in a prompt (α) is `train.alpha.video_group_spans`.
+Where a video's temporal groups sit in a prompt (α) is `vlm.alpha.video_group_spans`.
 Another family (Qwen3-VL: deepstack features in the vision output) changes these functions only.
 """
 
