@@ -287,9 +287,13 @@ def test_repetition_penalty_is_applied_as_generate_does(tiny, monkeypatch):
     greedy = Sampling(12, do_sample=False)
     ref = make_engine("generate").rollout(model, processor, prompts, num_generations=1,
                                           sampling=greedy)
-    got = make_engine("shared_prefill").rollout(model, processor, prompts, num_generations=1,
+    got = make_engine("shared_prefill").rollout(model, processor, prompts, num_generations=G,
                                                 sampling=greedy)
-    assert torch.equal(got.completion_ids, ref.completion_ids)
+    assert torch.equal(got.completion_ids, ref.completion_ids.repeat_interleave(G, dim=0))
+    monkeypatch.setattr(model.generation_config, "repetition_penalty", 1.0)
+    plain = make_engine("generate").rollout(model, processor, prompts, num_generations=1,
+                                            sampling=greedy)
+    assert not torch.equal(plain.completion_ids, ref.completion_ids)  # the penalty acts
 
 
 def test_unknown_engine_lists_the_registry():

@@ -126,8 +126,10 @@ class GenerateEngine:
                              self.name)
 
 
-def logits_processors(model, prompts, sampling: Sampling) -> LogitsProcessorList:
-    """The processors generate would run for the trainer's sampling, in generate's order.
+def logits_processors(model, prompts, sampling: Sampling, num_generations: int
+                      ) -> LogitsProcessorList:
+    """The processors generate would run for the trainer's sampling, in generate's order, for
+    the B*G rows of B prompts (the penalty skips each row's left padding, as generate's does).
 
     Raises:
         ValueError: the model's generation_config asks for a processor not listed here.
@@ -140,7 +142,8 @@ def logits_processors(model, prompts, sampling: Sampling) -> LogitsProcessorList
     out = LogitsProcessorList()
     penalty = getattr(gen, "repetition_penalty", None)
     if penalty is not None and penalty != 1.0:
-        padding = (prompts["attention_mask"] != 0).int().argmax(dim=1)
+        padding = (prompts["attention_mask"] != 0).int().argmax(dim=1)  # (B,)
+        padding = padding.repeat_interleave(num_generations)  # (B*G,)
         out.append(RepetitionPenaltyLogitsProcessor(penalty, prompt_ignore_length=padding))
     out.append(SuppressTokensLogitsProcessor(qwen_vl.vision_token_ids(model.config),
                                              device=prompts["input_ids"].device))
@@ -207,7 +210,7 @@ class SharedPrefillEngine:
         G = num_generations
         ids = prompts["input_ids"]
         B = ids.shape[0]
-        processors = logits_processors(module, prompts, sampling)
+        processors = logits_processors(module, prompts, sampling, G)
         eos_t = torch.tensor(eos, device=ids.device)
         was_training = module.training
         module.eval()
