@@ -203,7 +203,7 @@ class SharedPrefillEngine:
     def rollout(self, model, processor, prompts, *, num_generations, sampling,
                 synced_gpus=False, generator=None):
         module = qwen_vl.unwrap(model)
-        qwen_vl.check_precomputed_vision(module, "rollout.engine shared_prefill", FIX)
+        qwen_vl.check_cached_decode(module, "rollout.engine shared_prefill", FIX)
         tokenizer = processor.tokenizer
         eos = eos_token_ids(module, tokenizer)
         pad = pad_token_id(tokenizer, eos)

@@ -57,6 +57,21 @@ def check_precomputed_vision(model, setting: str, fix: str) -> None:
                          f"output cannot be shared by a prompt's rows; set {fix}")
 
 
+def check_cached_decode(model, setting: str, fix: str) -> None:
+    """Raise unless the model's forward takes explicit position ids and a KV cache (`cache`).
+
+    Raises:
+        ValueError: naming the setting and the fix.
+    """
+    module = unwrap(model)
+    params = inspect.signature(module.forward).parameters
+    missing = [p for p in ("position_ids", "cache", "logits_to_keep") if p not in params]
+    if missing:
+        raise ValueError(f"{setting}: {type(module).__name__}.forward has no {missing} "
+                         f"parameter, so its prefill cannot be shared by explicit positions "
+                         f"and a KV cache (transformers >= 5 names it `cache`); set {fix}")
+
+
 def video_outputs(model, videos: dict[str, torch.Tensor]):
     """The vision tower on each prompt's video, once.
 
