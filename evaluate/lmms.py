@@ -35,6 +35,7 @@ of `FrozenScorer.from_pretrained`) for Qwen3-VL / Qwen3.5.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -285,7 +286,31 @@ def _build_class():
                     text = text.split(stop)[0]
             return text
 
+    VideocfrQwen25VL.__qualname__ = "VideocfrQwen25VL"
     return VideocfrQwen25VL
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`videocfr evaluate lmms-check`: can the installed lmms-eval find our model? 0 yes, 2 no."""
+    from importlib.metadata import entry_points
+
+    try:
+        _, _, found = check_lmms_eval()
+    except LmmsEvalMissing as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    ours = [ep for ep in entry_points().select(group="lmms_eval.models") if ep.name == MODEL_NAME]
+    if not ours:
+        print(f"error: lmms-eval {found} is installed, but videocfr's `lmms_eval.models` entry "
+              f"point {MODEL_NAME!r} is not: reinstall videocfr (pip install -e '.[lmms]') so "
+              f"its entry points are written", file=sys.stderr)
+        return 2
+    from lmms_eval.models import get_model
+
+    cls = get_model(MODEL_NAME)
+    print(f"lmms-eval {found}: --model {MODEL_NAME} -> {cls.__module__}.{cls.__qualname__} "
+          f"(registered by the `lmms_eval.models` entry point {ours[0].value})")
+    return 0
 
 
 def __getattr__(name: str):

@@ -23,7 +23,6 @@ import argparse
 import json
 import logging
 import sys
-import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from videocfr.cache_format.keys import is_image_record, video_r1_key
 from .focus import focus
 from .frames import load_frames, video_root
 from .scorer import FrozenScorer, ScoreItem
-from .strategies import make_strategy, select
+from .strategies import make_strategy, sample_rng, select
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +147,7 @@ def evaluate(records: list[EvalRecord], cache: Cache, scorer: FrozenScorer,
                         problems["budget_over_k"].append(f"{rec.video_id}/{rec.question_id}: "
                                                          f"n={n} > K={video.num_sampled}")
                         continue
-                    salt = zlib.crc32(f"{rec.video_id}/{rec.question_id}".encode())
-                    rng = np.random.default_rng([seed, n, salt])  # stable across processes
+                    rng = sample_rng(seed, n, rec.video_id, rec.question_id)
                     pos = select(fn, video, question, n, rng)
                     frames, ts = load_frames(root, video, pos)
                     item = ScoreItem(frames, question.question, question.options, rec.answer,
