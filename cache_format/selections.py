@@ -86,11 +86,13 @@ def build_document(cache, chosen: dict[tuple[str, str], np.ndarray], n: int, str
         dict ready for `write_document`.
     """
     videos: dict[str, dict] = {}
+    video = None
     for (vid, qid) in sorted(chosen):
         pos = np.asarray(chosen[(vid, qid)], np.int64)
         if pos.shape != (n,):
             raise ValueError(f"{vid}/{qid}: {pos.shape[0]} positions, budget n={n}")
-        video = cache.video(vid)
+        if video is None or video.video_id != vid:  # keys sorted: one read per video
+            video = cache.video(vid)
         entry = videos.get(video.path)
         if entry is None:
             entry = videos[video.path] = {"video_id": vid, "content_hash": video.content_hash,

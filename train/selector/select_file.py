@@ -42,9 +42,10 @@ def strategy_selections(cache: Cache, spec: str, n: int, seed: int = 0
     counts = {"selected": 0, "k_lt_n": 0,
               "failed_videos": int(cache.manifest["counts"].get("skipped_questions", 0))}
     out: dict[tuple[str, str], np.ndarray] = {}
-    videos = {}
+    video = None
     for vid, qid in tqdm(list(cache.keys()), desc=f"select {spec}", unit="question"):
-        video = videos.get(vid) or videos.setdefault(vid, cache.video(vid))
+        if video is None or video.video_id != vid:  # one video's record in memory at a time
+            video = cache.video(vid)
         if not video.ok:
             counts["failed_videos"] += 1
             continue
