@@ -31,9 +31,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from synthetic_cache import make_cache  # noqa: E402
 from videocfr.cache_format import Cache  # noqa: E402
-from videocfr.train.selector.checkpoint import save_checkpoint  # noqa: E402
-from videocfr.train.selector.policy import FrameSelector, PolicyConfig  # noqa: E402
-from videocfr.train.selector.select import main as select_main  # noqa: E402
+from videocfr.selector.checkpoint import save_checkpoint  # noqa: E402
+from videocfr.selector.policy import FrameSelector, PolicyConfig  # noqa: E402
+from videocfr.selector.select import main as select_main  # noqa: E402
 
 K, DIM = 512, 512
 

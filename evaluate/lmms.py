@@ -14,20 +14,20 @@ For each video request the task hands over (its `doc_to_visual` gives the video'
 sample is looked up in the selection file (`cache_format.selections`: by the longest stored
 path the task's path ends with, then the question by `question_key` or by its text), the file's
 sha256 is checked against the content hash precompute recorded, exactly the selected frame
-numbers are decoded (`train.video.read_frames`, the trainer's decode path) and shown with their
+numbers are decoded (`vlm.video.read_frames`, the trainer's decode path) and shown with their
 timestamps. A sample whose video is not in the file is an error naming it, unless
 `fallback=uniform` asks for n frames evenly spaced over the file instead (logged per video).
 
 Model arguments (besides lmms-eval's batch_size, device): pretrained (a local Qwen2.5-VL
-checkpoint, or `tiny` for the tiny random model of train/tiny.py), selection (required),
+checkpoint, or `tiny` for the tiny random model of vlm/tiny.py), selection (required),
 cache (optional: its config hash must equal the file's), fallback, question_key (the task
 document's field holding the question id; default question_id), max_num_frames (the task's
 frame setting; must equal the file's budget n when given), max_pixels, check_hash (default
-true), system_prompt is not taken: the chat is the scorer's (train.data.chat_messages).
+true), system_prompt is not taken: the chat is the scorer's (vlm.prompts.chat_messages).
 
 Model family: only Qwen2.5-VL today. The one family-specific call, building the processor
 inputs for the chosen frames, their times and the prompt, is `FrozenScorer.batch_inputs`
-(evaluate/scorer.py), the very call `videocfr evaluate qa` makes, so both show the model the
+(vlm/scorer.py), the very call `videocfr evaluate qa` makes, so both show the model the
 same input; the model-family adapter will replace that one method (and the checkpoint loading
 of `FrozenScorer.from_pretrained`) for Qwen3-VL / Qwen3.5.
 """
@@ -41,8 +41,7 @@ from pathlib import Path
 import numpy as np
 from videocfr.cache_format.io import sha256_file
 from videocfr.cache_format.selections import Sample, SelectionError, SelectionFile
-
-from .scorer import FrozenScorer, ScoreItem
+from videocfr.vlm.scorer import FrozenScorer, ScoreItem
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +127,7 @@ class SelectedFrames:
             (uint8 [n, H, W, 3], float64 [n] seconds, a label for logs: "video_id/question_id"
             or "fallback uniform").
         """
-        from videocfr.train.video import read_frames
+        from videocfr.vlm.video import read_frames
 
         sel = self.selection
         qid = doc.get(self.question_key) if isinstance(doc, dict) else None
@@ -165,7 +164,7 @@ class SelectedFrames:
 
     def _fallback(self, video_path: str) -> tuple[np.ndarray, np.ndarray, str]:
         import decord
-        from videocfr.train.video import read_frames
+        from videocfr.vlm.video import read_frames
 
         from .strategies import uniform_positions
 

@@ -54,8 +54,8 @@ metadata:
   version: 0
 """
 TASK_UTILS = '''\
-from videocfr.train.data import build_prompt
-from videocfr.train.rewards import extract_answer
+from videocfr.vlm.prompts import build_prompt
+from videocfr.vlm.answers import extract_answer
 
 
 def doc_to_visual(doc):
@@ -85,8 +85,8 @@ def _write_cache(root: Path, paths: list[Path], questions: int = 2, k: int = 8) 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from videocfr.train.selector.select import main as select_main
-    from videocfr.train.tiny import tiny_model_and_processor
+    from videocfr.selector.select import main as select_main
+    from videocfr.vlm.tiny import tiny_model_and_processor
 
     root = tmp_path_factory.mktemp("lmms")
     (root / "videos").mkdir()
@@ -192,7 +192,7 @@ def test_selection_file_records_frames_hashes_and_strategy(world):
 
 
 def test_tspo_export_has_frame_idx_per_question(world, tmp_path):
-    from videocfr.train.selector.select import main as select_main
+    from videocfr.selector.select import main as select_main
 
     out = tmp_path / "tspo.json"
     assert select_main(["--cache", str(world / "cache"), "--strategy", "uniform", "--n", "4",

@@ -84,10 +84,10 @@ def write_outputs(args: argparse.Namespace, cache: Cache, chosen: dict, counts: 
     """Write --selection-file / --tspo-json when asked; the path written, else None."""
     if not (args.selection_file or args.tspo_json):
         return None
-    from videocfr import __version__
+    from importlib.metadata import version
 
     doc = build_document(cache, chosen, args.n, strategy, counts,
-                         created_by=f"videocfr {__version__} select")
+                         created_by=f"videocfr {version('videocfr')} select")
     if args.selection_file:
         return write_document(args.selection_file, doc)
     dst = Path(args.tspo_json)
