@@ -14,7 +14,9 @@ Evaluation CLIs add the option with `add_refocus_argument(parser)` and call
 writes the chosen candidates of every question: as a cache addition (HDF5 `selections.h5`:
 video_id, question_id str [Q]; positions int32 [Q, n]; frame_indices int64 [Q, n]) or into a
 copy of a Video-R1 JSON (each video record gains `refocus_frames`, the chosen file frame numbers,
-and `refocus_positions`), so CF-GRPO or any trainer can read the selection.
+and `refocus_positions`), so CF-GRPO or any trainer can read the selection. `--strategy SPEC`
+chooses with any registry strategy instead of a checkpoint, and `--selection-file` /
+`--tspo-json` write the harness forms (selector/select_file.py, docs/selections.md).
 """
 
 from __future__ import annotations
