@@ -23,7 +23,9 @@ checkpoint, or `tiny` for the tiny random model of vlm/tiny.py), selection (requ
 cache (optional: its config hash must equal the file's), fallback, question_key (the task
 document's field holding the question id; default question_id), max_num_frames (the task's
 frame setting; must equal the file's budget n when given), max_pixels, check_hash (default
-true), system_prompt is not taken: the chat is the scorer's (vlm.prompts.chat_messages).
+true). The chat is the scorer's (vlm.prompts.chat_messages: no system_prompt argument).
+One process, one request at a time (batch_size is accepted and not used to batch; no
+`accelerate launch` data parallelism yet).
 
 Model family: only Qwen2.5-VL today. The one family-specific call, building the processor
 inputs for the chosen frames, their times and the prompt, is `FrozenScorer.batch_inputs`
@@ -232,7 +234,7 @@ def _build_class():
                                          _as_bool(check_hash))
             kw = {"batch_size": 1, "max_pixels": None if max_pixels is None else int(max_pixels)}
             if str(pretrained) == "tiny":
-                self.scorer = FrozenScorer.tiny(seed=0, **kw)
+                self.scorer = FrozenScorer.tiny(seed=0, device=device or "cpu", **kw)
             else:
                 self.scorer = FrozenScorer.from_pretrained(pretrained, device=device or "auto",
                                                            **kw)
