@@ -93,8 +93,12 @@ def test_frame_usage_max_is_elementwise_and_mask_applies():
     # right-aligned [B, C] mask: last 2 positions, first of them masked in -> same α
     (alpha_c,) = frame_usage(h, spans, torch.tensor([[1, 0]]), tau=0.5)
     torch.testing.assert_close(alpha_c, alpha)
-    with pytest.raises(ValueError, match="equal, contiguous"):
+    with pytest.raises(ValueError, match="equal length"):
         frame_usage(h, [[[(0, 2), (2, 3)]]], torch.tensor([[1, 0]]))
+    # one block per group (a timestamp token between them): the same groups one position apart
+    h_gap = torch.cat([h[:, :2], torch.full((1, 1, 2), 9.0), h[:, 2:]], dim=1)
+    (alpha_gap,) = frame_usage(h_gap, [[[(0, 2), (3, 5)]]], torch.tensor([[1, 0]]), tau=0.5)
+    torch.testing.assert_close(alpha_gap, alpha)
 
 
 def test_frame_usage_no_video_no_answer_and_errors():

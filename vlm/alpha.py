@@ -29,67 +29,34 @@ def video_group_spans(
     video_grid_thw: torch.Tensor | None,
     video_token_id: int,
     merge_size: int = 2,
+    family=None,
 ) -> list[list[list[Span]]]:
     """Token spans of every temporal group of every video, per sample.
 
-    Videos are matched to `video_grid_thw` rows in reading order (sample 0's videos first), the
-    order in which the Qwen2.5-VL processor and model consume them. Each video must appear as one
-    contiguous run of `video_token_id` tokens of length t·h·w/merge².
+    The layout is the model family's (`vlm.families`): Qwen2.5-VL places a video as one run of
+    t·h·w/merge² `<|video_pad|>` tokens (group g is its g-th slice of h·w/merge²); Qwen3-VL and
+    Qwen3.5 place each temporal group in its own `<t seconds><|vision_start|>` block. Videos are
+    matched to `video_grid_thw` rows in reading order (sample 0's videos first).
 
     Args:
-        input_ids: int64 [B, T]: the prompt ids (recommended: positions are the same once the
-            completion is appended after them) or the full prompt + completion sequences.
-        video_grid_thw: int64 [V, 3], (t, h, w) per video in patches, as the processor returns;
-            None or empty when the batch has no video.
+        input_ids: int64 [B, T]: prompt ids, or prompt + completion sequences.
+        video_grid_thw: int64 [V, 3], (t, h, w) per video in patches; None when no video.
         video_token_id: id of `<|video_pad|>` (`model.config.video_token_id`).
-        merge_size: `spatial_merge_size` of the vision tower (2 for Qwen2.5-VL).
+        merge_size: `spatial_merge_size` of the vision tower (2 for every registered family).
+        family: a `vlm.families.ModelFamily` (default: Qwen2.5-VL's).
 
     Returns:
-        spans[b][v] = [(start_g, end_g) for g in range(t)]: the positions in sample b of the
-        tokens of temporal group g of its v-th video (end exclusive). A sample without video has
-        an empty list.
+        spans[b][v] = [(start_g, end_g) for g in range(t)] (end exclusive), all of h·w/merge².
 
     Raises:
-        ValueError: the number of video token runs differs from the number of grid rows, or a
-            run's length differs from t·h·w/merge² (the ids and the grid come from different
-            processor calls, or the prompt was truncated through a video).
+        ValueError: the runs of video tokens found differ from those the grid and the family's
+            layout expect (naming the family and both counts), or a run has the wrong length.
     """
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
-    grid = (
-        torch.zeros(0, 3, dtype=torch.long)
-        if video_grid_thw is None
-        else torch.as_tensor(video_grid_thw).reshape(-1, 3).long().cpu()
-    )
-    is_video = (input_ids == video_token_id).to(torch.int8).cpu()  # (B, T)
-    # Run boundaries: +1 where a run starts, -1 one past where it ends.
-    padded = torch.nn.functional.pad(is_video, (1, 1))
-    edges = padded[:, 1:] - padded[:, :-1]  # (B, T+1)
-    starts = (edges == 1).nonzero().tolist()  # [[b, start], ...] sorted by (b, start)
-    ends = (edges == -1).nonzero()[:, 1].tolist()
-    if len(starts) != grid.shape[0]:
-        raise ValueError(
-            f"found {len(starts)} runs of video tokens (id {video_token_id}) in input_ids but "
-            f"video_grid_thw has {grid.shape[0]} rows; pass the input_ids and video_grid_thw of "
-            "the same processor call, do not truncate prompts through a video, and pass only the "
-            "prompt ids if completions may contain video tokens"
-        )
-    spans: list[list[list[Span]]] = [[] for _ in range(input_ids.shape[0])]
-    per_group_div = merge_size * merge_size
-    for v, ((b, start), end) in enumerate(zip(starts, ends)):
-        t, h, w = (int(x) for x in grid[v])
-        if (h * w) % per_group_div:
-            raise ValueError(f"video {v}: grid h·w = {h * w} is not divisible by merge² = "
-                             f"{per_group_div}; pass the vision tower's spatial_merge_size")
-        n = h * w // per_group_div
-        if end - start != t * n:
-            raise ValueError(
-                f"video {v} (sample {b}): its run has {end - start} video tokens but grid "
-                f"(t={t}, h={h}, w={w}) with merge {merge_size} needs {t * n}; pass the "
-                "input_ids and video_grid_thw of the same processor call"
-            )
-        spans[b].append([(start + g * n, start + (g + 1) * n) for g in range(t)])
-    return spans
+    if family is None:
+        from .families import family_named  # noqa: PLC0415
+
+        family = family_named("qwen2_5_vl")
+    return family.group_spans(input_ids, video_grid_thw, video_token_id, merge_size)
 
 
 @torch.no_grad()
@@ -150,20 +117,23 @@ def frame_usage(
                 "(the prior is per (video, question))"
             )
         groups = spans[b][0]
-        start, end = groups[0][0], groups[-1][1]
         G = len(groups)
-        n = (end - start) // G
-        if any(e - s != n or s != start + g * n for g, (s, e) in enumerate(groups)):
+        n = groups[0][1] - groups[0][0]
+        if n <= 0 or any(e - s != n for s, e in groups):
             raise ValueError(
-                f"sample {b}: group spans {groups} are not equal, contiguous runs; build them "
-                "with video_group_spans"
+                f"sample {b}: group spans {groups} are not runs of equal length; build them "
+                "with the model family's group_spans"
             )
         answer = hidden[b][mask[b]]  # (A, D), a copy of only the answer tokens
         if answer.shape[0] == 0:
             alphas.append(None)
             continue
         # Max in the native dtype is exact; cast the small results to float32.
-        feats = hidden[b, start:end].view(G, n, -1).amax(dim=1).float()  # (G, D)
+        start, end = groups[0][0], groups[-1][1]
+        if all(s == start + g * n for g, (s, _) in enumerate(groups)):  # one block: a view
+            feats = hidden[b, start:end].view(G, n, -1).amax(dim=1).float()  # (G, D)
+        else:  # one block per group (timestamps between groups)
+            feats = torch.stack([hidden[b, s:e].amax(dim=0) for s, e in groups]).float()
         cos = torch.nn.functional.normalize(answer.float(), dim=-1) @ torch.nn.functional.normalize(
             feats, dim=-1
         ).T  # (A, G)
