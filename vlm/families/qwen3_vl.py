@@ -14,9 +14,12 @@ import torch
 
 from .base import ModelFamily
 
-# Pixel budget per frame of the tiny processor: patch 16, merge 2 -> 32 px per visual token.
+# Pixel budgets of the tiny processor (patch 16, merge 2 -> 32 px per visual token). Qwen3-VL's
+# `size["longest_edge"]` is the whole clip's budget (t·h·w), capped per frame at
+# `max_video_tokens` tokens (cap_pixels_per_frame, as qwen-vl-utils): 1..6 tokens per group.
 TINY_MIN_PIXELS = 32 * 32
-TINY_MAX_PIXELS = 32 * 32 * 6
+TINY_MAX_VIDEO_PIXELS = 32 * 32 * 6 * 64
+TINY_MAX_FRAME_TOKENS = 6
 
 SHAPES = {
     "tiny": {
@@ -39,11 +42,15 @@ def tiny_processor():
 
     from ..tiny import CHAT_TEMPLATE, tiny_tokenizer  # noqa: PLC0415
 
-    size = {"shortest_edge": TINY_MIN_PIXELS, "longest_edge": TINY_MAX_PIXELS}
-    common = dict(patch_size=16, temporal_patch_size=2, merge_size=2, size=size)
-    return Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(**common),
-                            tokenizer=tiny_tokenizer(),
-                            video_processor=Qwen3VLVideoProcessor(**common, cap_pixels_per_frame=True),
+    common = dict(patch_size=16, temporal_patch_size=2, merge_size=2)
+    image = Qwen2VLImageProcessor(**common, size={"shortest_edge": TINY_MIN_PIXELS,
+                                                  "longest_edge": TINY_MIN_PIXELS * 6})
+    video = Qwen3VLVideoProcessor(**common, cap_pixels_per_frame=True,
+                                  max_video_tokens=TINY_MAX_FRAME_TOKENS,
+                                  size={"shortest_edge": TINY_MIN_PIXELS,
+                                        "longest_edge": TINY_MAX_VIDEO_PIXELS})
+    return Qwen3VLProcessor(image_processor=image, tokenizer=tiny_tokenizer(),
+                            video_processor=video,
                             chat_template=CHAT_TEMPLATE)
 
 
