@@ -28,15 +28,19 @@ class ModelConfig:
     """The policy.
 
     Args:
-        path: a Hugging Face model id or local directory of a Qwen2.5-VL checkpoint.
-        tiny: build a tiny random Qwen2.5-VL and an offline processor instead (tests, demo).
+        path: a local checkpoint directory of a registered model family (vlm.families:
+            qwen2_5_vl, qwen3_vl, qwen3_5; read from its config.json's model_type).
+        tiny: build a tiny random model and an offline processor instead (tests, demo).
+        tiny_family: the family of the tiny model (a vlm.families name).
         tiny_seed: seed of the tiny model's random weights.
         tiny_shape: "tiny" (hidden 64, 2 layers: tests), "vision" (Qwen2.5-VL's vision tower,
             a 2-layer LLM: CPU speed checks) or "2b" (Qwen2-VL-2B's transformer
             shapes with the tiny byte vocabulary: speed checks on a GPU, still random weights).
         bf16: run the policy (and reference) in bfloat16.
         attn_implementation: passed to from_pretrained ("sdpa", "eager", "flash_attention_2").
-        video_max_pixels: per-frame pixel cap given to the video processor (None: its default).
+        video_max_pixels: the video processor's size["longest_edge"] (None: its default);
+            Qwen2.5-VL: pixels per frame; Qwen3-VL / Qwen3.5: pixels of the whole clip (t·h·w),
+            each frame capped at the processor's max_video_tokens.
         video_min_pixels: per-frame pixel floor given to the video processor (None: its default).
         gradient_checkpointing: trade compute for memory in the policy's backward pass.
     """
@@ -45,6 +49,7 @@ class ModelConfig:
     tiny: bool = False
     tiny_seed: int = 0
     tiny_shape: str = "tiny"
+    tiny_family: str = "qwen2_5_vl"
     bf16: bool = False
     attn_implementation: str = "sdpa"
     video_max_pixels: int | None = None

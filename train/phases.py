@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from videocfr.cache_format import PriorTable
 from videocfr.vlm.alpha import alpha_entropy, frame_usage, video_group_spans
+from videocfr.vlm.families import family_of
 
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
@@ -166,7 +167,8 @@ def policy_pass(run: Run, rollout: Rollout, timings: dict[str, float]
     with timed(timings, "cf"):
         cfg = run.model.config
         spans = video_group_spans(rollout.inputs["input_ids"], rollout.row_grid,
-                                  cfg.video_token_id, cfg.vision_config.spatial_merge_size)
+                                  cfg.video_token_id, cfg.vision_config.spatial_merge_size,
+                                  family_of(cfg))
         mask = rollout.completion_mask.to(logp.device)
         alphas = frame_usage(hidden, spans, mask, run.cfg.reward.tau_alpha)
     del hidden

@@ -1,4 +1,4 @@
-"""What the rollouts and the policy forward need to know of Qwen2.5-VL, in one place.
+"""What the rollouts and the policy forward need to know of the Qwen-VL families, in one place.
 
 - `video_outputs`: the vision tower on the B prompts' videos, once; `expand_video_outputs`
   repeats its per-video embeddings to the B·G rows of the groups. The model's forward takes them
@@ -12,8 +12,10 @@
   shared prefill passes them explicitly, so no state is left in the model (`rope_deltas`).
 - `vision_token_ids`: the placeholders a completion must never hold.
 
-Where a video's temporal groups sit in a prompt (α) is `vlm.alpha.video_group_spans`.
-Another family (Qwen3-VL: deepstack features in the vision output) changes these functions only.
+Where a video's temporal groups sit in a prompt (α) is the family's `group_spans`
+(`vlm.families`). The functions hold for Qwen2.5-VL, Qwen3-VL (DeepStack features travel in the
+vision output) and Qwen3.5; a family that cannot take a path says so in its adapter
+(`ModelFamily.check_engine`, called when the policy is loaded).
 """
 
 from __future__ import annotations
@@ -98,11 +100,12 @@ def expand_video_outputs(outputs, index: torch.Tensor):
 
     Returns:
         an output of the same class whose pooler_output holds N tensors: row r's is prompt
-        index[r]'s tensor itself (no copy), so the G gradients add up in it.
+        index[r]'s tensor itself (no copy), so the G gradients add up in it; DeepStack features
+        (Qwen3-VL) laid out the same way (`vlm.families.ModelFamily.expand_video_outputs`).
     """
-    rows = index.tolist()
-    feats = outputs.pooler_output
-    return type(outputs)(pooler_output=tuple(feats[i] for i in rows))
+    from videocfr.vlm.families.base import ModelFamily  # noqa: PLC0415
+
+    return ModelFamily.expand_video_outputs(None, outputs, index)
 
 
 def row_videos(videos: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:

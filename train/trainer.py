@@ -114,20 +114,20 @@ def deepspeed_config(path: str, cfg: TrainConfig, world_size: int) -> dict:
 def load_policy(cfg: TrainConfig):
     """The policy model (train mode) and its processor, from a checkpoint path or tiny."""
     dtype = torch.bfloat16 if cfg.model.bf16 else torch.float32
-    if cfg.model.tiny:
-        from videocfr.vlm.tiny import tiny_model_and_processor  # noqa: PLC0415
+    from videocfr.vlm.families import family_for_checkpoint, family_named  # noqa: PLC0415
 
-        model, processor = tiny_model_and_processor(cfg.model.tiny_seed, cfg.model.tiny_shape)
+    if cfg.model.tiny:
+        family = family_named(cfg.model.tiny_family)
+        model, processor = family.tiny(cfg.model.tiny_seed, cfg.model.tiny_shape)
         model = model.to(dtype)
     else:
-        from transformers import (  # noqa: PLC0415
-            AutoProcessor,
-            Qwen2_5_VLForConditionalGeneration,
-        )
+        from transformers import AutoProcessor  # noqa: PLC0415
 
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            cfg.model.path, dtype=dtype, attn_implementation=cfg.model.attn_implementation)
+        family = family_for_checkpoint(cfg.model.path)
+        model = family.from_pretrained(cfg.model.path, dtype=dtype,
+                                       attn_implementation=cfg.model.attn_implementation)
         processor = AutoProcessor.from_pretrained(cfg.model.path)
+    family.check_engine(cfg.rollout.vision_once, cfg.rollout.engine)
     size = dict(processor.video_processor.size)
     if cfg.model.video_max_pixels is not None:
         size["longest_edge"] = cfg.model.video_max_pixels
