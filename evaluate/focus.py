@@ -68,7 +68,7 @@ def focus(scorer: FrozenScorer, item: ScoreItem, prior: np.ndarray, positions: n
         out = model(**inputs, output_hidden_states=True)
     cfg = model.config
     spans = video_group_spans(batch["input_ids"], batch["video_grid_thw"], cfg.video_token_id,
-                              cfg.vision_config.spatial_merge_size)
+                              cfg.vision_config.spatial_merge_size, scorer.family)
     mask = torch.ones(1, answer, device=ids.device)
     (alpha,) = frame_usage(out.hidden_states[-1], spans, mask, tau_alpha)
     frames, _ = _even_frames(item)

@@ -233,8 +233,8 @@ def _build_class():
             self.frames = SelectedFrames(sel, cache_hash, fallback, question_key,
                                          _as_bool(check_hash))
             kw = {"batch_size": 1, "max_pixels": None if max_pixels is None else int(max_pixels)}
-            if str(pretrained) == "tiny":
-                self.scorer = FrozenScorer.tiny(seed=0, device=device or "cpu", **kw)
+            if str(pretrained).startswith("tiny"):
+                self.scorer = FrozenScorer.load(pretrained, device=device or "cpu", **kw)
             else:
                 self.scorer = FrozenScorer.from_pretrained(pretrained, device=device or "auto",
                                                            **kw)

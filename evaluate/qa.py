@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="videocfr evaluate qa", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="Video-R1 eval JSON/JSONL (or native records)")
     p.add_argument("--cache", required=True)
-    p.add_argument("--model", required=True, help="a local Qwen2.5-VL checkpoint, or 'tiny'")
+    p.add_argument("--model", required=True, help="a local checkpoint of a registered family (qwen2_5_vl, qwen3_vl, "
+                   "qwen3_5), or 'tiny' / 'tiny:<family>'")
     p.add_argument("--strategies", default="uniform,prior-topn")
     p.add_argument("--budgets", default="4,8,16,32")
     p.add_argument("--mode", choices=("logits", "generate"), default="logits")
@@ -236,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in strategies:
             make_strategy(name)
         budgets = [int(x) for x in args.budgets.split(",")]
-        scorer = (FrozenScorer.tiny(batch_size=args.batch_size) if args.model == "tiny" else
-                  FrozenScorer.from_pretrained(args.model, batch_size=args.batch_size))
+        scorer = FrozenScorer.load(args.model, batch_size=args.batch_size)
         out = Path(args.out)
         summary = evaluate(records, cache, scorer, strategies, budgets, out, mode=args.mode,
                            root=None if args.video_root is None else Path(args.video_root),

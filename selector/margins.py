@@ -229,8 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache", required=True, help="a finished cache")
     model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--model", help="reward VLM: Qwen2.5-VL checkpoint directory or hub id")
+    model.add_argument("--model", help="reward VLM: checkpoint directory of a registered family")
     model.add_argument("--tiny-scorer", action="store_true", help="tiny random scorer (tests)")
+    p.add_argument("--tiny-family", default="qwen2_5_vl",
+                   help="family of the tiny scorer (vlm.families: qwen2_5_vl, qwen3_vl, qwen3_5)")
     p.add_argument("--video-root", default=None, help="where the cache's video paths resolve")
     p.add_argument("--num-subsets", type=int, default=8, help="M subsets per question")
     p.add_argument("--subset-size", type=int, default=8, help="n frames per subset")
@@ -258,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--shard-index {index} must be in [0, --num-shards={num})")
         if args.num_subsets < 2 or args.subset_size < 1:
             raise ValueError("--num-subsets must be >= 2 (a variance) and --subset-size >= 1")
-        meta = {"model": args.model or "tiny", "batch_size": args.batch_size}
+        tiny = "tiny" if args.tiny_family == "qwen2_5_vl" else f"tiny:{args.tiny_family}"
+        meta = {"model": args.model or tiny, "batch_size": args.batch_size}
         if not args.finalize:
             reward = _reward(args)
             for i in [index] if index is not None else range(num):
@@ -289,7 +292,7 @@ def _reward(args):
 
     from .rewards import CandidateFrames, MarginReward  # noqa: PLC0415
 
-    scorer = (FrozenScorer.tiny(seed=args.seed) if args.tiny_scorer else
+    scorer = (FrozenScorer.tiny(seed=args.seed, family=args.tiny_family) if args.tiny_scorer else
               FrozenScorer.from_pretrained(args.model, device=args.device, dtype=args.dtype))
     root = resolve_video_root(Cache(args.cache), args.video_root)
     return MarginReward(scorer, CandidateFrames(root), batch_size=args.batch_size)

@@ -1,4 +1,5 @@
-"""The frozen VLM scorer: a Qwen2.5-VL-class model shown only the chosen frames.
+"""The frozen VLM scorer: a video LLM of a registered family (vlm.families) shown only the chosen
+frames (Qwen2.5-VL, Qwen3-VL, Qwen3.5).
 
 Shared by evaluation (`videocfr evaluate qa`) and the ReFoCUS selector's reward (METHOD §7): one
 scorer, not two. Two modes:
@@ -92,11 +93,11 @@ def checkpoint_kind(path: str | Path) -> str:
 
 
 class FrozenScorer:
-    """A frozen Qwen2.5-VL that scores answers from chosen frames.
+    """A frozen video LLM that scores answers from chosen frames.
 
     Args:
-        model: a Qwen2_5_VLForConditionalGeneration (put in eval mode, gradients off).
-        processor: its Qwen2_5_VLProcessor.
+        model: a model of a registered family (put in eval mode, gradients off).
+        processor: its processor.
         device: where to run (default: the model's).
         batch_size: questions per forward.
         max_pixels: cap on pixels per frame (the processor's longest_edge), or None.
@@ -122,53 +123,71 @@ class FrozenScorer:
             processor.video_processor.size = size
         self.batch_size = batch_size
 
+    @property
+    def family(self):
+        """The model's family adapter (`vlm.families`)."""
+        from .families import family_of  # noqa: PLC0415
+
+        return family_of(self.model)
+
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str = "auto", dtype: str = "auto",
                         **kw) -> FrozenScorer:
-        """A local Qwen2.5-VL checkpoint; bf16 on CUDA, float32 on CPU by default."""
-        import torch
-        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+        """A local checkpoint of a registered family; bf16 on CUDA, float32 on CPU by default.
 
-        kind = checkpoint_kind(path)
-        if kind != "qwen2_5_vl":
-            raise ValueError(f"{path} holds a {kind or 'unknown'!r} model, not a Qwen2.5-VL "
-                             f"checkpoint (model_type 'qwen2_5_vl')")
+        Raises:
+            ValueError: not a checkpoint, or its family is not registered (naming those that are).
+        """
+        import torch
+        from transformers import AutoProcessor
+
+        from .families import family_for_checkpoint
+
+        family = family_for_checkpoint(path)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if dtype == "auto":
             dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            str(path), dtype=getattr(torch, dtype))
+        model = family.from_pretrained(path, dtype=getattr(torch, dtype))
         return cls(model, AutoProcessor.from_pretrained(str(path)), device=device, **kw)
 
     @classmethod
-    def tiny(cls, seed: int = 0, **kw) -> FrozenScorer:
-        """The tiny random Qwen2.5-VL of vlm/tiny.py (tests, CPU smoke runs)."""
-        from .tiny import tiny_model_and_processor
+    def tiny(cls, seed: int = 0, family: str = "qwen2_5_vl", **kw) -> FrozenScorer:
+        """The tiny random model of a family (tests, CPU smoke runs; default Qwen2.5-VL's)."""
+        from .families import family_named
 
-        model, processor = tiny_model_and_processor(seed)
+        model, processor = family_named(family).tiny(seed)
         return cls(model, processor, **kw)
+
+    @classmethod
+    def load(cls, spec: str, *, seed: int = 0, **kw) -> FrozenScorer:
+        """`tiny` (Qwen2.5-VL), `tiny:<family>` (e.g. tiny:qwen3_vl) or a checkpoint path."""
+        spec = str(spec)
+        if spec == "tiny" or spec.startswith("tiny:"):
+            family = spec.partition(":")[2] or "qwen2_5_vl"
+            return cls.tiny(seed=seed, family=family, **kw)
+        return cls.from_pretrained(spec, **kw)
 
     # -- inputs --------------------------------------------------------------------------------
     def batch_inputs(self, items: list[ScoreItem], prompts: list[str]):
-        """The processor inputs of items shown with their prompts (Qwen2.5-VL's chat and
-        video call; an odd frame count repeats the last frame), on the scorer's device."""
-        from transformers.video_utils import VideoMetadata
+        """The processor inputs of items shown with their prompts, on the scorer's device.
 
+        The family's processor call for exactly these frames (`do_sample_frames=False`); their
+        seconds (`ScoreItem.timestamps`) reach the families that print per-group times
+        (Qwen3-VL, Qwen3.5) as they are; Qwen2.5-VL gets one fps per clip (1 / the median gap).
+        An odd frame count repeats the last frame.
+        """
         from .prompts import chat_messages
 
+        family = self.family
         videos, metadata = [], []
         for item in items:
             frames, ts = _even_frames(item)
-            step = float(np.median(np.diff(ts))) if len(ts) > 1 else 1.0
-            fps = 1.0 / step if step > 0 else 1.0
             videos.append(frames)
-            metadata.append(VideoMetadata(total_num_frames=len(frames), fps=fps,
-                                          frames_indices=list(range(len(frames)))))
+            metadata.append(family.video_metadata(len(frames), timestamps=ts))
         texts = [self.processor.apply_chat_template(chat_messages(p), add_generation_prompt=True,
                                                     tokenize=False) for p in prompts]
-        batch = self.processor(text=texts, videos=videos, video_metadata=metadata,
-                               do_sample_frames=False, padding=True, return_tensors="pt")
+        batch = family.processor_inputs(self.processor, texts, videos, metadata)
         return batch.to(self.device)
 
     def _letter_ids(self, letters: list[str]) -> list[int]:

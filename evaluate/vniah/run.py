@@ -195,7 +195,7 @@ def run(build_dir: str | Path, out: str | Path, *, config: str, strategies: list
     if model is not None:  # answer accuracy too: the frozen scorer, shown the chosen frames
         from videocfr.vlm.scorer import FrozenScorer
 
-        scorer = FrozenScorer.tiny() if model == "tiny" else FrozenScorer.from_pretrained(model)
+        scorer = FrozenScorer.load(model)
     rows, problems = score(cache, needles, strategies, budgets, seed, scorer, build_dir)
     for kind, items in problems.items():
         for item in items:
