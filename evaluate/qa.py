@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="videocfr evaluate qa", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="Video-R1 eval JSON/JSONL (or native records)")
     p.add_argument("--cache", required=True)
-    p.add_argument("--model", required=True, help="a local checkpoint of a registered family (qwen2_5_vl, qwen3_vl, "
+    p.add_argument("--model", required=True,
+                   help="a local checkpoint of a registered family (qwen2_5_vl, qwen3_vl, "
                    "qwen3_5), or 'tiny' / 'tiny:<family>'")
     p.add_argument("--strategies", default="uniform,prior-topn")
     p.add_argument("--budgets", default="4,8,16,32")

@@ -43,8 +43,9 @@ def test_evaluate_qa(world, family, mode, capsys):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_precompute_margins(world, family, capsys):
-    from videocfr.cli import main
     from videocfr.selector.margins import load_margins
+
+    from videocfr.cli import main
 
     assert main(["precompute", "margins", "--cache", str(world / "c"), "--tiny-scorer",
                  "--tiny-family", family, "--video-root", str(world), "--num-subsets", "2",
