@@ -1,4 +1,5 @@
-"""The shared prefill and the vision tower once per prompt under DeepSpeed ZeRO-3 (2 CPU ranks).
+"""The shared prefill and the vision tower once per prompt under DeepSpeed ZeRO-3 (2 CPU ranks),
+for Qwen2.5-VL and Qwen3-VL (whose vision output carries DeepStack features).
 
 Each rank has its own prompts (rank 0 two, rank 1 one) and its own completion cap, so the ranks
 finish decoding at different steps and the shared prefill must keep joining the other rank's
@@ -35,7 +36,7 @@ from test_engines import prompts_of
 from videocfr.train.engines import Sampling, make_engine
 from videocfr.train.grpo import grpo_loss
 from videocfr.train.rollout import policy_forward
-from videocfr.vlm.tiny import tiny_model_and_processor
+from videocfr.vlm.families import family_named
 
 deepspeed.init_distributed(dist_backend="gloo")
 rank = torch.distributed.get_rank()
@@ -43,7 +44,7 @@ ds = json.loads({ds!r})
 
 
 def engine_of():
-    model, processor = tiny_model_and_processor(0)
+    model, processor = family_named({family!r}).tiny(0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     return deepspeed.initialize(model=model, optimizer=opt, config=ds)[0], processor
 
@@ -83,7 +84,8 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.slow
-def test_zero3_shared_prefill_and_vision_once(tmp_path):
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])  # Qwen3-VL: DeepStack features
+def test_zero3_shared_prefill_and_vision_once(tmp_path, family):
     ds = json.loads((REPO / "configs" / "deepspeed" / "zero3.json").read_text())
     ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
     ds.update({"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
@@ -91,7 +93,7 @@ def test_zero3_shared_prefill_and_vision_once(tmp_path):
     ds.get("bf16", {})["enabled"] = False
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(tests=str(REPO / "tests"), out=str(tmp_path),
-                                    ds=json.dumps(ds)))
+                                    ds=json.dumps(ds), family=family))
     port = free_port()
     procs = []
     for rank in range(2):
