@@ -134,3 +134,39 @@ def test_generation_never_emits_vision_tokens(tiny):
     out = model.generate(**batch, max_new_tokens=12, do_sample=True)
     new = set(out[:, batch["input_ids"].shape[1]:].flatten().tolist())
     assert not new & set(family.vision_token_ids(model.config))
+
+
+def test_vision_once_and_shared_prefill_per_family(tiny):
+    """Vision once gives the per-row forward's log-probs and gradients; the shared prefill's
+    greedy completions equal generate's (families that support it; Qwen3.5 refuses it)."""
+    from videocfr.train.engines import Sampling, make_engine
+    from videocfr.train.rollout import policy_forward
+
+    family, model, processor = tiny
+    rng = np.random.default_rng(3)
+    videos = [rng.integers(0, 256, (4, 64, 96, 3), dtype=np.uint8),
+              rng.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)]
+    prompts = _batch(family, processor, videos, [np.arange(4.0), np.arange(4.0) * 2])
+    greedy = Sampling(6, do_sample=False)
+    ref = make_engine("generate").rollout(model, processor, prompts, num_generations=1,
+                                          sampling=greedy)
+    if family.prefill_once_unsupported is None:
+        shared = make_engine("shared_prefill").rollout(model, processor, prompts,
+                                                       num_generations=2, sampling=greedy)
+        assert torch.equal(shared.completion_ids[::2], ref.completion_ids)
+    else:  # refused by the engine itself, naming the family and the setting
+        with pytest.raises(ValueError, match=f"{family.name}.*rollout.engine: generate"):
+            make_engine("shared_prefill").rollout(model, processor, prompts, num_generations=2,
+                                                  sampling=greedy)
+    out = {}
+    for once in (False, True):
+        model.zero_grad()
+        logp, _ = policy_forward(model, ref, 1.0, vision_once=once)
+        (logp * ref.completion_mask).sum().backward()
+        out[once] = (logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                     if p.grad is not None and "visual" in n})
+    model.zero_grad()
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-5, atol=1e-6)
+    assert out[True][1].keys() == out[False][1].keys() and out[False][1]
+    for name, g in out[False][1].items():
+        torch.testing.assert_close(out[True][1][name], g, rtol=1e-4, atol=1e-6, msg=name)

@@ -37,6 +37,7 @@ from transformers import (
     TemperatureLogitsWarper,
     TopPLogitsWarper,
 )
+from videocfr.vlm.families import family_of
 
 from . import qwen_vl
 from .rollout import Rollout, build_rollout, eos_token_ids, pad_token_id
@@ -204,6 +205,7 @@ class SharedPrefillEngine:
                 synced_gpus=False, generator=None):
         module = qwen_vl.unwrap(model)
         qwen_vl.check_cached_decode(module, "rollout.engine shared_prefill", FIX)
+        family_of(module).check_engine(False, self.name)
         tokenizer = processor.tokenizer
         eos = eos_token_ids(module, tokenizer)
         pad = pad_token_id(tokenizer, eos)

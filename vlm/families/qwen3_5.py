@@ -2,11 +2,11 @@
 
 Video layout as Qwen3-VL (a `<t seconds><|vision_start|>…<|vision_end|>` block per temporal group,
 the processor is `Qwen3VLProcessor`), no DeepStack. Vision-once holds (the forward takes
-`mm_encoder_outputs`). Prefill-once does not: the shared prefill expands a prompt's cache to its
-G rows by `batch_repeat_interleave` and then decodes left-padded rows by explicit positions; the
-Gated-DeltaNet layers keep a recurrent and a convolution state instead of keys/values (the
-project's expansion check reads keys), and that path is not proven equal to `generate` for them,
-so the family runs `rollout.engine: generate`.
+`mm_encoder_outputs`; tests/test_families.py checks its log-probs and gradients). Prefill-once
+does not: the shared prefill expands a prompt's cache to its G rows by `batch_repeat_interleave`,
+which the Gated-DeltaNet layers' cache (transformers 5.25's `LinearAttentionLayer`: a recurrent
+and a convolution state) does not have (AttributeError when tried), so the family runs
+`rollout.engine: generate`.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ FAMILY = ModelFamily(
     layout="per_group",
     takes_timestamps=True,
     prefill_once_unsupported=(
-        "its Gated-DeltaNet layers cache a recurrent and a convolution state, not keys/values; "
-        "the shared prefill's cache expansion and padded decode are not proven equal to "
-        "generate for them"),
+        "its Gated-DeltaNet layers cache a recurrent and a convolution state, not keys/values, "
+        "and their cache layer (transformers' LinearAttentionLayer) has no "
+        "batch_repeat_interleave, so one prompt's cache cannot be expanded to its G rows"),
     video_notes=("processor as Qwen3-VL (Qwen3VLProcessor / Qwen3VLVideoProcessor): patch 16, "
                  "merge 2, fps 2, per-frame pixels 128*32*32 .. 768*32*32"),
     tiny_builder=_tiny,
