@@ -183,6 +183,12 @@ def test_shipped_configs_load():
     assert real.run.deepspeed == "configs/deepspeed/zero3.json"
     assert real.reward.temporal and real.reward.len_control and real.reward.tau_alpha == 0.5
     assert not tiny.reward.temporal and not tiny.reward.len_control
+    from videocfr.vlm.families import family_named
+
+    for name, family in (("qwen3_vl_8b", "qwen3_vl"), ("qwen3_5", "qwen3_5")):
+        cfg = load_config(f"configs/train/{name}.yaml")
+        assert cfg.reward.temporal and cfg.model.bf16
+        family_named(family).check_engine(cfg.rollout.vision_once, cfg.rollout.engine)
     ref = load_config("configs/train/videocfr_ref.yaml")  # VideoCFR's run script
     assert ref.reward.temporal and ref.reward.len_control and ref.reward.gate == "hard"
     assert (ref.grpo.num_generations, ref.grpo.max_completion_length, ref.grpo.top_p,

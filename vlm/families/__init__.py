@@ -56,13 +56,16 @@ def family_for_checkpoint(path: str | Path) -> ModelFamily:
             registered ones).
     """
     cfg = Path(path) / "config.json"
-    if not cfg.is_file():
+    if cfg.is_file():
+        try:
+            doc = json.loads(cfg.read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{cfg} is not valid JSON: {err}") from err
+    elif not Path(path).exists() and str(path).count("/") == 1:  # a hub id (local HF cache)
+        doc = _hub_config(str(path))
+    else:
         raise ValueError(f"{path} is not a model checkpoint directory (no config.json); give the "
                          f"local path of a checkpoint of one of {sorted(FAMILIES)}")
-    try:
-        doc = json.loads(cfg.read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{cfg} is not valid JSON: {err}") from err
     kind = str(doc.get("model_type", ""))
     if kind in FAMILIES:
         return FAMILIES[kind]
@@ -70,3 +73,15 @@ def family_for_checkpoint(path: str | Path) -> ModelFamily:
         if arch in _BY_ARCH:
             return _BY_ARCH[arch]
     raise _refuse(f"{path} (model_type {kind!r}, architectures {doc.get('architectures')})")
+
+
+def _hub_config(repo_id: str) -> dict:
+    from transformers import AutoConfig  # noqa: PLC0415
+
+    try:
+        config = AutoConfig.from_pretrained(repo_id)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{repo_id}: no local directory and its hub config cannot be read "
+                         f"({err}); give the local path of a checkpoint of one of "
+                         f"{sorted(FAMILIES)}") from err
+    return {"model_type": config.model_type, "architectures": config.architectures}
