@@ -11,9 +11,11 @@ runs a few GRPO steps with the real trainer (random weights) and reads its per-s
     policy_forwards_per_step  calls of the policy's training forward (1 = no extra forward
               for α; the β > 0 reference forward is counted apart)
 
---size tiny is the test model (CPU); --size 2b is a random model with Qwen2-VL-2B's shapes, for a
-GPU (--device cuda, bf16): clips are then 448x252 and K = 32 by default. Both run the real trainer
-on today's path (`rollout.engine: generate`, `rollout.vision_once: false`) and then on the new
+--family qwen3_vl (or qwen3_5) runs that family's tiny model after Qwen2.5-VL's in the same
+process and prints `family_step_ratio`; a family that cannot share a prefill keeps generate on
+the new path. --size tiny is the test model (CPU); --size 2b is a random model with
+Qwen2-VL-2B's shapes, for a GPU (--device cuda, bf16): clips are then 448x252 and K = 32 by
+default. Both run the real trainer on today's path (`rollout.engine: generate`, `rollout.vision_once: false`) and then on the new
 one (--paths both), the first step of each a warm-up; each prints
 `train_step path=<p> step_s=<f> cf_share=<f> rollout_share=<f>` (DESIGN.md's target is
 cf_share <= 0.02), then `train_step_speed step_speedup=<old/new>`.
@@ -109,7 +111,15 @@ def main(argv: list[str] | None = None) -> int:
                              "vision_once false), the new one, or both")
     parser.add_argument("--workers", type=int, default=0,
                         help="data.num_workers: decode the next prompts during a step")
+    parser.add_argument("--family", default="qwen2_5_vl",
+                        help="model family (vlm.families); another than qwen2_5_vl runs "
+                             "beside Qwen2.5-VL's in the same process (tiny size only)")
     args = parser.parse_args(argv)
+    from videocfr.vlm.families import family_named
+
+    family_named(args.family)  # an unregistered name: the registry's error
+    if args.family != "qwen2_5_vl" and args.size != "tiny":
+        parser.error(f"--family {args.family} has only the tiny shape; use --size tiny")
     logging.basicConfig(level=logging.WARNING)
     if args.size == "vision":
         if args.device != "cpu":
@@ -137,39 +147,61 @@ def main(argv: list[str] | None = None) -> int:
 
     phases.policy_forward = counting_forward
     paths = {"both": ("old", "new"), "old": ("old",), "new": ("new",)}[args.paths]
+    families = ["qwen2_5_vl"] + ([args.family] if args.family != "qwen2_5_vl" else [])
     step_medians = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         cache = build_cache(root, n_videos=4, k=args.k, size=size)
+        for fam in families:
+            for name in paths:
+                calls["policy"] = 0
+                if args.device == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                rows = run_trainer(args, root, cache, size, completion, big, name, fam)
+                step_medians[fam, name] = report(args, rows, calls, completion, name, fam)
+    for fam in families:
+        if len(paths) == 2:
+            print(f"train_step_speed family={fam} step_speedup="
+                  f"{step_medians[fam, 'old'] / step_medians[fam, 'new']:.2f} "
+                  "(trainer runs, old then new)")
+    if len(families) == 2:
         for name in paths:
-            calls["policy"] = 0
-            if args.device == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            rows = run_trainer(args, root, cache, size, completion, big, name)
-            step_medians[name] = report(args, rows, calls, completion, name)
-    if len(step_medians) == 2:
-        print(f"train_step_speed step_speedup="
-              f"{step_medians['old'] / step_medians['new']:.2f} (trainer runs, old then new)")
+            print(f"family_step_ratio path={name} {families[1]}/{families[0]}="
+                  f"{step_medians[families[1], name] / step_medians[families[0], name]:.2f}")
     return 0
 
 
-def run_trainer(args, root: Path, cache: Path, size, completion: int, big: bool, path: str):
+def rollout_of(path: str, family: str) -> dict:
+    """The rollout section of a path; a family that cannot share a prefill keeps generate."""
+    from videocfr.vlm.families import family_named
+
+    if path == "old":
+        return dict(OLD)
+    new = dict(NEW)
+    if family_named(family).prefill_once_unsupported:
+        new["engine"] = "generate"
+    return new
+
+
+def run_trainer(args, root: Path, cache: Path, size, completion: int, big: bool, path: str,
+                family: str = "qwen2_5_vl"):
     """args.steps + 1 trainer steps on today's path ("old") or the new one; the metric rows
     of the timed steps (the first is a warm-up)."""
     from videocfr.train import trainer as trainer_mod
     from videocfr.train.config import TrainConfig
     from videocfr.train.metrics import read_metrics
 
-    model = {"tiny": True, "tiny_shape": args.size, "bf16": args.device == "cuda"}
+    model = {"tiny": True, "tiny_shape": args.size, "bf16": args.device == "cuda",
+             "tiny_family": family}
     if big:  # the frames' own size (448x252): 144 visual tokens per temporal group
         model["video_max_pixels"] = size[0] * size[1]
-    out = root / f"run-{path}"
+    out = root / f"run-{family}-{path}"
     cfg = TrainConfig.from_dict({
         "model": model,
         "data": {"cache_dir": str(cache), "video_root": str(root), "num_workers": args.workers},
         "grpo": {"num_generations": args.g, "max_completion_length": completion,
                  "beta": args.beta, "learning_rate": 1e-3 if not big else 1e-6},
-        "rollout": OLD if path == "old" else NEW,
+        "rollout": rollout_of(path, family),
         "run": {"max_steps": args.steps + 1, "output_dir": str(out), "checkpoint_every": 0,
                 "device": args.device, "tensorboard": False},
     })
@@ -178,7 +210,7 @@ def run_trainer(args, root: Path, cache: Path, size, completion: int, big: bool,
     return read_metrics(out)[1:]  # drop the warm-up step
 
 
-def report(args, rows, calls, completion: int, path: str) -> float:
+def report(args, rows, calls, completion: int, path: str, family: str = "qwen2_5_vl") -> float:
     """Print one path's step time, phase shares and CF share; returns the median step_s."""
     import torch
 
@@ -190,14 +222,17 @@ def report(args, rows, calls, completion: int, path: str) -> float:
     peak = (f" peak_gb={torch.cuda.max_memory_allocated() / 2**30:.1f}"
             if args.device == "cuda" else "")
     length = float(np.mean([r["completion_length"] for r in rows]))
-    print(f"config path={path} rollout={OLD if path == 'old' else NEW} size={args.size} "
+    print(f"config family={family} path={path} rollout={rollout_of(path, family)} "
+          f"size={args.size} "
           f"device={args.device} K={args.k} G={args.g} completion<={completion} "
           f"completion_mean={length:.1f} beta={args.beta} workers={args.workers} "
           f"timed_steps={len(rows)} torch_threads={torch.get_num_threads()}{peak}")
-    print("shares " + " ".join(f"{name}={value:.3f}" for name, value in shares.items()))
+    print(f"shares family={family} "
+          + " ".join(f"{name}={value:.3f}" for name, value in shares.items()))
     print(f"cf_ms_median={cf_ms:.3f} policy_forwards_per_step="
           f"{calls['policy'] / (args.steps + 1):.2f}")
-    print(f"train_step path={path} step_s={step_s:.4f} cf_share={shares['cf']:.5f} "
+    print(f"train_step family={family} path={path} step_s={step_s:.4f} "
+          f"cf_share={shares['cf']:.5f} "
           f"rollout_share={shares['rollout']:.3f}")
     return step_s
 
