@@ -15,7 +15,8 @@ runs a few GRPO steps with the real trainer (random weights) and reads its per-s
 process and prints `family_step_ratio`; a family that cannot share a prefill keeps generate on
 the new path. --size tiny is the test model (CPU); --size 2b is a random model with
 Qwen2-VL-2B's shapes, for a GPU (--device cuda, bf16): clips are then 448x252 and K = 32 by
-default. Both run the real trainer on today's path (`rollout.engine: generate`, `rollout.vision_once: false`) and then on the new
+default. Both run the real trainer on today's path (`rollout.engine: generate`,
+`rollout.vision_once: false`) and then on the new
 one (--paths both), the first step of each a warm-up; each prints
 `train_step path=<p> step_s=<f> cf_share=<f> rollout_share=<f>` (DESIGN.md's target is
 cf_share <= 0.02), then `train_step_speed step_speedup=<old/new>`.
