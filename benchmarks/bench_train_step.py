@@ -31,7 +31,7 @@ forward, the FLOP bound (ViT + LLM) / (ViT/G + LLM) and
 step_speedup=<f>`.
 
     python benchmarks/bench_train_step.py [--steps 6] [--k 32] [--g 8] [--completion 64]
-        [--device cpu|cuda] [--size tiny|vision|2b] [--paths both|old|new] [--workers 0]
+        [--device cpu|cuda] [--size tiny|vision|2b] [--paths both|old|new|rollouts] [--workers 0]
     python benchmarks/bench_train_step.py --device cuda --size 2b     # the GPU check
 """
 
@@ -107,9 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=("tiny", "vision", "2b"), default="tiny",
                         help="random model shape (vlm.tiny.SHAPES); vision: phase by phase")
     parser.add_argument("--b", type=int, default=1, help="prompts per micro-batch (vision)")
-    parser.add_argument("--paths", choices=("both", "old", "new"), default="both",
+    parser.add_argument("--paths", choices=("both", "old", "new", "rollouts"), default="both",
                         help="trainer runs: today's path (rollout.engine generate, "
-                             "vision_once false), the new one, or both")
+                             "vision_once false), the new one, or both; rollouts: only the "
+                             "two engines' rollouts on the tiny model, alternated")
     parser.add_argument("--workers", type=int, default=0,
                         help="data.num_workers: decode the next prompts during a step")
     parser.add_argument("--family", default="qwen2_5_vl",
@@ -128,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         args.k = args.k or 4
         return vision_heavy(args)
     args.k = args.k or 32
+    if args.paths == "rollouts":
+        return rollouts_only(args)
 
     import torch
     from videocfr.train import phases
@@ -236,6 +239,37 @@ def report(args, rows, calls, completion: int, path: str, family: str = "qwen2_5
           f"cf_share={shares['cf']:.5f} "
           f"rollout_share={shares['rollout']:.3f}")
     return step_s
+
+def rollouts_only(args) -> int:
+    """The two engines' rollouts of B = 2 tiny-model prompts, alternated --steps times: the
+    decode loop's own cost (the tiny model's compute is small beside per-token overhead)."""
+    import time
+
+    import torch
+    from videocfr.train.engines import Sampling, make_engine
+    from videocfr.vlm.tiny import tiny_model_and_processor
+
+    model, processor = tiny_model_and_processor(0)
+    rng = np.random.default_rng(0)
+    msg = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Which?"}]}]
+    text = processor.apply_chat_template(msg, add_generation_prompt=True, tokenize=False)
+    frames = [rng.integers(0, 255, (4, 56, 56, 3), dtype=np.uint8) for _ in range(2)]
+    prompts = processor(text=[text] * 2, videos=frames, return_tensors="pt", padding=True)
+    sampling = Sampling(args.completion or 24)
+    times = {"generate": [], "shared_prefill": []}
+    for rep in range(args.steps):
+        for name in (list(times) if rep % 2 == 0 else list(times)[::-1]):
+            t0 = time.perf_counter()
+            make_engine(name).rollout(model, processor, prompts, num_generations=args.g,
+                                      sampling=sampling)
+            times[name].append(time.perf_counter() - t0)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    print(f"rollouts_only size=tiny B=2 G={args.g} tokens<={sampling.max_new_tokens} "
+          f"reps={args.steps} torch_threads={torch.get_num_threads()} "
+          f"generate_s={med['generate']:.4f} shared_prefill_s={med['shared_prefill']:.4f} "
+          f"speedup={med['generate'] / med['shared_prefill']:.2f}")
+    return 0
+
 
 # --- the vision-heavy shape: today's path against the new one, phase by phase ------------------
 
