@@ -3,8 +3,8 @@
 Helper modules of this folder (`videos`, `synthetic_cache`, `faults_data`) are imported by
 their bare names (`import videos as clips`, `from synthetic_cache import make_cache`): pytest puts
 this folder on sys.path for its conftest, and subprocess scripts of the tests put it there
-themselves. Every test runs under pytest-timeout (setup.cfg: `timeout`); a test that needs longer
-says so with `@pytest.mark.timeout(seconds)`.
+themselves. Every test runs under pytest-timeout (setup.cfg: `timeout`, 1800 s); a test that
+needs longer says so with `@pytest.mark.timeout(seconds)`.
 """
 
 from __future__ import annotations
