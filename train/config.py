@@ -1,7 +1,7 @@
 """The CF-GRPO trainer's configuration: nested dataclasses loaded from YAML.
 
-A YAML file has the sections `model`, `data`, `grpo`, `reward` and `run`; every key is a field
-below. Unknown keys are errors naming the key; `key=value` overrides from the command line
+A YAML file has the sections `model`, `data`, `grpo`, `reward`, `rollout` and `run`; every key is
+a field below. Unknown keys are errors naming the key; `key=value` overrides from the command line
 address fields as `section.field` (`grpo.beta=0`, `run.max_steps=10`).
 """
 
@@ -24,7 +24,7 @@ from videocfr.vlm.decoders import DECODERS
 
 GATES = ("soft", "hard", "none")
 LR_SCHEDULES = ("constant", "linear", "cosine")
-TINY_SHAPES = ("tiny", "2b")
+TINY_SHAPES = ("tiny", "vision", "2b")
 DECODE_METHODS = ("auto", "sequential", "seek")
 LOSS_TYPES = ("sequence", "token")
 
@@ -37,7 +37,8 @@ class ModelConfig:
         path: a Hugging Face model id or local directory of a Qwen2.5-VL checkpoint.
         tiny: build a tiny random Qwen2.5-VL and an offline processor instead (tests, demo).
         tiny_seed: seed of the tiny model's random weights.
-        tiny_shape: "tiny" (hidden 64, 2 layers: tests) or "2b" (Qwen2-VL-2B's transformer
+        tiny_shape: "tiny" (hidden 64, 2 layers: tests), "vision" (Qwen2.5-VL's vision tower,
+            a 2-layer LLM: CPU speed checks) or "2b" (Qwen2-VL-2B's transformer
             shapes with the tiny byte vocabulary: speed checks on a GPU, still random weights).
         bf16: run the policy (and reference) in bfloat16.
         attn_implementation: passed to from_pretrained ("sdpa", "eager", "flash_attention_2").
@@ -225,6 +226,29 @@ class RewardConfig:
 
 
 @dataclass
+class RolloutConfig:
+    """How rollouts are sampled and how the forwards see the video (train.engines).
+
+    Args:
+        engine: "shared_prefill" (one prefill of each prompt, vision tower included, its KV
+            cache shared by the G completions) or "generate" (HF generate: the prompt and its
+            video run G times); see train.engines for what another engine must honour.
+        vision_once: the policy and reference forwards run the vision tower once per prompt
+            and share its embeddings among the G rows (false: once per row, as generate does).
+    """
+
+    engine: str = "shared_prefill"
+    vision_once: bool = True
+
+    def __post_init__(self):
+        from .engines import ENGINES  # noqa: PLC0415  (the registry is the one list of names)
+
+        if self.engine not in ENGINES:
+            raise ValueError(f"rollout.engine {self.engine!r} unknown; use one of "
+                             f"{sorted(ENGINES)}")
+
+
+@dataclass
 class RunConfig:
     """How the run is driven and where it writes.
 
@@ -268,6 +292,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -280,7 +305,7 @@ class TrainConfig:
 
 
 _SECTION_TYPES = {"model": ModelConfig, "data": DataConfig, "grpo": GRPOConfig,
-                  "reward": RewardConfig, "run": RunConfig}
+                  "reward": RewardConfig, "rollout": RolloutConfig, "run": RunConfig}
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
