@@ -47,8 +47,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))  # test helpers, by module name
+sys.path.insert(0, str(REPO / "tests"))  # the tests' helper modules, by their bare names
 
 from synthetic_cache import make_question, make_video  # noqa: E402
 from videocfr.cache_format import ShardWriter, finalize_cache  # noqa: E402

@@ -12,9 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from videocfr.cache_format.config_sections import (
+    apply_overrides,
+    build_sections,
+    parse_override,  # noqa: F401  (part of this module's API: `videocfr train` overrides)
+    read_yaml_mapping,
+)
 from videocfr.vlm.answers import ANSWER_MODES
 from videocfr.vlm.coverage import ALIGNMENTS
+from videocfr.vlm.decoders import DECODERS
 
 GATES = ("soft", "hard", "none")
 LR_SCHEDULES = ("constant", "linear", "cosine")
@@ -77,12 +83,14 @@ class DataConfig:
         cache_dir: a finished precompute cache (manifest.json + shards/).
         video_root: directory the cache's video paths are relative to (None: the cache config's).
         prior_cache_dir: take the priors from another cache of the same videos (e.g. one
-            re-fused with another preset by `videocfr cache refuse`); None: cache_dir.
+            re-fused with another preset by `videocfr cache re-fuse`); None: cache_dir.
         expect_config_hash: refuse a cache built with another precompute config (None: any).
         allow_missing_prior: train on pairs without a cached prior (they get no CF term and are
             counted); when false such a pair is an error.
         shuffle: shuffle the pairs each epoch (seeded by run.seed).
-        decode: "sequential" (one pass through the file), "seek" (decord get_batch) or "auto".
+        decode: "sequential" (one pass through the file), "seek" (a seek per frame) or "auto".
+        decoder: the frame decoder (vlm.decoders.DECODERS: decord, pyav); None: the one the
+            cache recorded, so the model sees the frames the prior was computed on.
         max_samples: use only the first N pairs (None: all).
         num_workers: background processes that decode and process the next micro-batches
             while the current step runs (0: decode inside the step).
@@ -96,6 +104,7 @@ class DataConfig:
     allow_missing_prior: bool = False
     shuffle: bool = True
     decode: str = "auto"
+    decoder: str | None = None
     max_samples: int | None = None
     num_workers: int = 0
     prefetch_factor: int = 2
@@ -106,6 +115,9 @@ class DataConfig:
                              f"{self.num_workers} and {self.prefetch_factor}")
         if self.decode not in DECODE_METHODS:
             raise ValueError(f"data.decode {self.decode!r} unknown; use one of {DECODE_METHODS}")
+        if self.decoder is not None and self.decoder not in DECODERS:
+            raise ValueError(f"data.decoder {self.decoder!r} unknown; use one of "
+                             f"{sorted(DECODERS)} or leave it unset (the cache's own)")
         if self.max_samples is not None and self.max_samples <= 0:
             raise ValueError(f"data.max_samples must be > 0 or null, got {self.max_samples}")
 
@@ -294,42 +306,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> TrainConfig:
         """Build from nested plain data; unknown sections or keys raise ValueError naming them."""
-        if not isinstance(data, dict):
-            raise ValueError(f"{where}: expected a mapping of sections, got {type(data).__name__}")
-        sections = {f.name: f for f in dataclasses.fields(cls)}
-        kwargs = {}
-        for name, value in data.items():
-            if name not in sections:
-                raise ValueError(f"{where}: unknown section {name!r}; sections are "
-                                 f"{sorted(sections)}")
-            section_cls = _SECTION_TYPES[name]
-            kwargs[name] = _build(section_cls, value or {}, f"{where}.{name}")
-        return cls(**kwargs)
+        return cls(**build_sections(_SECTION_TYPES, data, where))
 
 
 _SECTION_TYPES = {"model": ModelConfig, "data": DataConfig, "grpo": GRPOConfig,
                   "reward": RewardConfig, "rollout": RolloutConfig, "run": RunConfig}
-
-
-def _build(section_cls, values: dict[str, Any], where: str):
-    if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
-    known = {f.name for f in dataclasses.fields(section_cls)}
-    for key in values:
-        if key not in known:
-            raise ValueError(f"{where}: unknown key {key!r}; known keys are {sorted(known)}")
-    return section_cls(**values)
-
-
-def parse_override(text: str) -> tuple[str, str, Any]:
-    """`section.key=value` -> (section, key, YAML-parsed value)."""
-    if "=" not in text:
-        raise ValueError(f"override {text!r} is not of the form section.key=value")
-    lhs, rhs = text.split("=", 1)
-    if lhs.count(".") != 1:
-        raise ValueError(f"override {text!r}: the key must be section.key, e.g. grpo.beta=0")
-    section, key = lhs.split(".")
-    return section, key, yaml.safe_load(rhs) if rhs else None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
@@ -346,20 +327,9 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     data: dict[str, Any] = {}
     where = "config"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"train config {path} not found; see configs/train/ for "
-                                    f"examples")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml_mapping(path, "train config", "configs/train/")
         where = str(path)
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of sections at the top level")
-    data = {k: dict(v or {}) for k, v in data.items()} if isinstance(data, dict) else data
-    given = set()
-    for text in overrides:
-        section, key, value = parse_override(text)
-        data.setdefault(section, {})[key] = value
-        given.add((section, key))
+    given = apply_overrides(data, overrides)
     if ("model", "path") in given and ("model", "tiny") not in given:
         data["model"]["tiny"] = False  # `model.path=...` on a tiny config means "use this model"
     return TrainConfig.from_dict(data, where)

@@ -214,7 +214,7 @@ def setup(cfg: TrainConfig, resume: bool, extra_rewards: list) -> tuple[Run, int
 
     # Data first: a missing cache should fail before minutes of model loading.
     samples = CacheSamples(cfg.data.cache_dir, cfg.data.video_root, cfg.data.expect_config_hash,
-                           cfg.data.decode, cfg.data.max_samples)
+                           cfg.data.decode, cfg.data.max_samples, decoder=cfg.data.decoder)
     if cfg.data.prior_cache_dir is None:
         priors = PriorTable.load(cfg.data.cache_dir, cfg.data.expect_config_hash)
     else:  # another cache (e.g. re-fused), so another config hash
