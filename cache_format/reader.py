@@ -76,6 +76,11 @@ class Cache:
         return self.manifest["config"]
 
     @property
+    def video_root(self) -> str | None:
+        """Where precompute found the videos (the manifest's `video_root`), or None."""
+        return self.manifest.get("video_root")
+
+    @property
     def config_hash(self) -> str:
         return self.manifest["config_hash"]
 

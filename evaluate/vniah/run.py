@@ -131,7 +131,7 @@ def _answer(scorer, video, question, pos: np.ndarray, video_root: Path) -> float
     from ..frames import load_frames
     from ..scorer import ScoreItem
 
-    frames, ts = load_frames(video_root, video, pos)
+    frames, ts = load_frames(video_root, video, pos, flag="BUILD_DIR (the `vniah build` output)")
     item = ScoreItem(frames, question.question, question.options, question.answer,
                      question.problem_type, ts)
     z = scorer.option_logits([item])[0]
