@@ -451,7 +451,7 @@ def _manifest_from_markers(cache_dir: Path) -> dict:
                              f"finalize")
     counts = {key: sum(m["counts"][key] for m in markers) for key in first["counts"]}
     roots = {"video_root": first["video_root"]} if isinstance(first.get("video_root"), str) else {}
-    return {**roots, 
+    return {**roots,
         "format": schema.FORMAT_NAME, "schema_version": schema.SCHEMA_VERSION,
         "config": first["config"], "config_hash": first["config_hash"],
         "embed_dim": first["embed_dim"], "model": first["model"],
