@@ -9,7 +9,7 @@ PRECOMPUTE_CONFIG ?= $(if $(filter demo,$(DATASET)),configs/precompute/demo.yaml
 TRAIN_CONFIG ?= configs/train/tiny.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install test lint bench precompute train evaluate clean
+.PHONY: install test lint bench precompute train evaluate world clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,14 @@ VNIAH_DIR ?= runs/vniah-small
 evaluate: install
 	$(BIN)/videocfr evaluate vniah build $(VNIAH_DIR) --small
 	$(BIN)/videocfr evaluate vniah run $(VNIAH_DIR) --config configs/precompute/selection_cpu.yaml
+
+# the world's tiny CLIP and VLM (METHOD §9), trained on the CPU; kept under WORLD_ROOT and
+# retrained only when the generator's WORLD_VERSION or WORLD_SEED changes
+WORLD_ROOT ?= caches/world
+WORLD_SEED ?= 0
+
+world: install
+	$(BIN)/videocfr world build --root $(WORLD_ROOT) --seed $(WORLD_SEED)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

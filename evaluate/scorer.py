@@ -130,6 +130,10 @@ class FrozenScorer:
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
         kind = checkpoint_kind(path)
+        from videocfr.world.artifacts import check_vlm_dir, is_world_vlm
+
+        if is_world_vlm(path):
+            check_vlm_dir(path)  # a world VLM of another generator version is refused
         if kind != "qwen2_5_vl":
             raise ValueError(f"{path} holds a {kind or 'unknown'!r} model, not a Qwen2.5-VL "
                              f"checkpoint (model_type 'qwen2_5_vl')")

@@ -17,13 +17,14 @@ STAGES = {
     "train": ("videocfr.train.cli", "CF-GRPO training with priors looked up from a cache"),
     "evaluate": ("videocfr.evaluate.cli", "QA accuracy, V-NIAH and focus metrics"),
     "select": ("videocfr.train.selector.select", "frames per question from a trained selector"),
+    "world": ("videocfr.train.world_build", "train the world's tiny CLIP and VLM (METHOD §9)"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    usage = "usage: videocfr {cache,precompute,train,evaluate,select} ...\n\n" + "\n".join(
+    usage = "usage: videocfr {cache,precompute,train,evaluate,select,world} ...\n\n" + "\n".join(
         [f"  {'cache':11s} inspect, verify, merge, re-fuse, export and search prior caches"]
         + [f"  {name:11s} {desc}" for name, (_, desc) in STAGES.items()])
     if not argv or argv[0] in ("-h", "--help"):
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if (err.name or "").startswith("videocfr"):
             raise  # a bug in the project itself, not a missing extra
-        extra = {"select": "train"}.get(command, command)
+        extra = {"select": "train", "world": "train"}.get(command, command)
         print(f"error: `videocfr {command}` needs the {extra!r} extra ({err}); install it with "
               f"pip install -e '.[{extra}]'", file=sys.stderr)
         return 2
