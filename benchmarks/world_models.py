@@ -7,7 +7,7 @@
   (the asked object; distractors never share the asked key), the semantic salience
   (max over global + patch views and over the question's queries) puts the needle frame first
   how often; beside it the same with random CLIP weights (the control) and chance 1/16.
-- VLM (evaluate.scorer.FrozenScorer.from_pretrained): option-letter accuracy at n = 4 and 8
+- VLM (vlm.scorer.FrozenScorer.from_pretrained): option-letter accuracy at n = 4 and 8
   frames with the needle frame among them and without it; chance 1/4.
 
 A world result is evidence about the mechanism, not a benchmark number.
@@ -55,7 +55,7 @@ def clip_top1(embedder: ClipEmbedder, shots) -> float:
 
 
 def vlm_accuracy(scorer, rng, backgrounds, n: int, count: int, needle: bool) -> float:
-    from videocfr.evaluate.scorer import ScoreItem
+    from videocfr.vlm.scorer import ScoreItem
     from videocfr.world.samples import video_qa
 
     items = []
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     random_w = clip_top1(ClipEmbedder(WORLD_CLIP, "none"), shots)
     print(f"clip needle-first rate over {args.haystacks} shots of 16 frames: world {trained:.3f}, "
           f"random weights {random_w:.3f}, chance {1 / 16:.3f}")
-    from videocfr.evaluate.scorer import FrozenScorer
+    from videocfr.vlm.scorer import FrozenScorer
 
     scorer = FrozenScorer.from_pretrained(vlm_path, batch_size=16)
     bg = Backgrounds(size=(320, 180))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from videocfr.world import artifacts
 from videocfr.world.objects import WORLD_VERSION
 
@@ -76,7 +75,7 @@ def test_expected_sha_from_a_manifest_is_compared(tmp_path):
 
 
 def test_world_vlm_of_another_version_is_refused_by_the_scorer(tmp_path):
-    from videocfr.evaluate.scorer import FrozenScorer
+    from videocfr.vlm.scorer import FrozenScorer
 
     vlm = tmp_path / "vlm"
     vlm.mkdir()

@@ -3,7 +3,7 @@
 The model reads n frames and a multiple-choice question about one object ("What colour is the
 triangle?"); the asked object is in one frame, distractors that never share the asked key are in
 the others. It is trained on the frozen scorer's exact prompt (question, "Options:", the options,
-the letter instruction; `scorer_prompt`), with the loss on the option letters' logits at the
+the letter instruction; `vlm.scorer.letter_prompt`), with the loss on the option letters' logits at the
 answer position — the logits `FrozenScorer.option_logits` reads — so the scorer's margin is the
 quantity trained. Samples without the needle (the answer cannot be seen) are trained toward a
 uniform distribution over the letters, so the margin says "I cannot see it" where it cannot.
@@ -26,8 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from videocfr.train.data import chat_messages
-from videocfr.train.tiny import CHAT_TEMPLATE, tiny_config, tiny_processor, tiny_tokenizer
+from videocfr.vlm.prompts import chat_messages
+from videocfr.vlm.scorer import letter_prompt
+from videocfr.vlm.tiny import CHAT_TEMPLATE, tiny_config, tiny_processor, tiny_tokenizer
 from videocfr.world.captions import ASKED, LETTERS, QUESTION_TEMPLATES
 from videocfr.world.frames import Backgrounds
 from videocfr.world.objects import COLOURS, SHAPES, WORLD_VERSION, WorldObject
@@ -35,16 +36,8 @@ from videocfr.world.samples import VideoQA, video_qa
 
 log = logging.getLogger(__name__)
 
-# The frozen scorer's letter instruction (evaluate.scorer.LETTER_PROMPT; a test checks they
-# match, since train cannot import evaluate).
-LETTER_PROMPT = "Answer with the option's letter from the given choices directly."
 WORLD_MIN_PIXELS = 28 * 28 * 4
 WORLD_MAX_PIXELS = 28 * 28 * 18  # a 16:9 frame becomes 84 x 168 px: 6 x 12 patches of 14 px
-
-
-def scorer_prompt(question: str, options: list[str]) -> str:
-    """The user text `FrozenScorer.option_logits` builds for a multiple-choice question."""
-    return question.strip() + "\nOptions:\n" + "\n".join(options) + "\n" + LETTER_PROMPT
 
 
 def world_corpus(rng: np.random.Generator, n: int = 400) -> list[str]:
@@ -57,7 +50,7 @@ def world_corpus(rng: np.random.Generator, n: int = 400) -> list[str]:
         vocab = list(COLOURS) if asked == "colour" else list(SHAPES)
         opts = [f"{LETTERS[i]}. {v}" for i, v in enumerate(rng.permutation(vocab)[:4])]
         q = QUESTION_TEMPLATES[asked].format(colour=obj.colour, shape=obj.shape)
-        texts.append(tok.apply_chat_template(chat_messages(scorer_prompt(q, opts)),
+        texts.append(tok.apply_chat_template(chat_messages(letter_prompt(q, opts)),
                                              add_generation_prompt=True, tokenize=False))
     return texts
 
@@ -122,7 +115,7 @@ class VlmTrainConfig:
         batch: samples per step.
         lr: AdamW peak learning rate (warmup then cosine over all stages).
         weight_decay: AdamW weight decay.
-        shape: the model's shape (a key of train.tiny.SHAPES).
+        shape: the model's shape (a key of vlm.tiny.SHAPES).
         frame_size: (W, H) of the generated frames.
         seed: data stream, tokenizer corpus and init (held-out data use another stream).
         threads: torch CPU threads.
@@ -158,7 +151,7 @@ def make_batch(processor, samples: list[VideoQA], fps: list[float]):
     from transformers.video_utils import VideoMetadata
 
     texts = [processor.apply_chat_template(
-        chat_messages(scorer_prompt(s.question.question, s.question.options)),
+        chat_messages(letter_prompt(s.question.question, s.question.options)),
         add_generation_prompt=True, tokenize=False) for s in samples]
     videos, metadata = [], []
     for s, f in zip(samples, fps):

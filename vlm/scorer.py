@@ -7,10 +7,10 @@ scorer, not two. Two modes:
   letter; the logits z of the option letters' tokens at the next position are read, and the margin
   is m = z_correct − max_other z (ReFoCUS's reward is tanh(m / 2)).
 - `generate`: the trainer's Video-R1 prompt (think, then `<answer>…</answer>`); answers are scored
-  with the trainer's reward functions (`train.rewards`), reused, never copied.
+  with the shared answer protocol (`vlm.answers`), the one the trainer's rewards use.
 
 Frames: uint8 [n, H, W, 3] in temporal order, decoded at their cached frame indices
-(`evaluate.frames`). Qwen2.5-VL merges two consecutive frames into one temporal group, so an odd
+(`vlm.video`). Qwen2.5-VL merges two consecutive frames into one temporal group, so an odd
 n shows the last frame twice (documented, never silent: `ScoreItem.padded`).
 """
 
@@ -63,6 +63,14 @@ class ScoreItem:
                                  f"('A. ...'); the scorer reads option letters")
             out.append(head)
         return out
+
+
+def letter_prompt(question: str, options: list[str]) -> str:
+    """The user text of option-letter scoring: question, "Options:", the options, LETTER_PROMPT.
+
+    Models trained to be scored (the world VLM) train on this very text.
+    """
+    return question.strip() + "\nOptions:\n" + "\n".join(options) + "\n" + LETTER_PROMPT
 
 
 def _even_frames(item: ScoreItem) -> tuple[np.ndarray, np.ndarray]:
@@ -147,16 +155,19 @@ class FrozenScorer:
 
     @classmethod
     def tiny(cls, seed: int = 0, **kw) -> FrozenScorer:
-        """The tiny random Qwen2.5-VL of train/tiny.py (tests, CPU smoke runs)."""
-        from videocfr.train.tiny import tiny_model_and_processor
+        """The tiny random Qwen2.5-VL of vlm/tiny.py (tests, CPU smoke runs)."""
+        from .tiny import tiny_model_and_processor
 
         model, processor = tiny_model_and_processor(seed)
         return cls(model, processor, **kw)
 
     # -- inputs --------------------------------------------------------------------------------
-    def _batch(self, items: list[ScoreItem], prompts: list[str]):
+    def batch_inputs(self, items: list[ScoreItem], prompts: list[str]):
+        """The processor inputs of items shown with their prompts (Qwen2.5-VL's chat and
+        video call; an odd frame count repeats the last frame), on the scorer's device."""
         from transformers.video_utils import VideoMetadata
-        from videocfr.train.data import chat_messages
+
+        from .prompts import chat_messages
 
         videos, metadata = [], []
         for item in items:
@@ -199,9 +210,8 @@ class FrozenScorer:
                 if not item.options:
                     raise ValueError(f"question {item.question[:60]!r} has no options; logit "
                                      f"scoring needs multiple choice (use generate mode)")
-                prompts.append(item.question.strip() + "\nOptions:\n" + "\n".join(item.options)
-                               + "\n" + LETTER_PROMPT)
-            batch = self._batch(chunk, prompts)
+                prompts.append(letter_prompt(item.question, item.options))
+            batch = self.batch_inputs(chunk, prompts)
             with torch.inference_mode():
                 logits = self.model(**batch).logits[:, -1, :].float()  # (B, V), left padded
             for row, item in enumerate(chunk):
@@ -229,25 +239,32 @@ class FrozenScorer:
 
     def generate(self, items: list[ScoreItem], max_new_tokens: int = 256) -> list[str]:
         """Greedy answers to the trainer's Video-R1 prompt (think, then <answer>...</answer>)."""
-        import torch
-        from videocfr.train.data import build_prompt, problem_type_of
+        from .prompts import build_prompt, problem_type_of
 
         texts: list[str] = []
         for start in range(0, len(items), self.batch_size):
             chunk = items[start:start + self.batch_size]
             prompts = [build_prompt(it.question, it.options,
                                     problem_type_of(it.problem_type, it.options)) for it in chunk]
-            batch = self._batch(chunk, prompts)
-            with torch.inference_mode():
-                ids = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-            new = ids[:, batch["input_ids"].shape[1]:]
-            texts += self.processor.batch_decode(new, skip_special_tokens=True)
+            texts += self.generate_prompts(chunk, prompts, max_new_tokens)
         return texts
+
+    def generate_prompts(self, items: list[ScoreItem], prompts: list[str],
+                         max_new_tokens: int = 256, **generate_kw) -> list[str]:
+        """Answers to given user texts (one batch; greedy unless `generate_kw` says otherwise)."""
+        import torch
+
+        batch = self.batch_inputs(items, prompts)
+        generate_kw = {"do_sample": False, **generate_kw}
+        with torch.inference_mode():
+            ids = self.model.generate(**batch, max_new_tokens=max_new_tokens, **generate_kw)
+        new = ids[:, batch["input_ids"].shape[1]:]
+        return self.processor.batch_decode(new, skip_special_tokens=True)
 
     def generate_scores(self, items: list[ScoreItem], max_new_tokens: int = 256
                         ) -> tuple[list[str], np.ndarray]:
-        """Generated answers and their Video-R1 accuracy (train.rewards.answer_accuracy)."""
-        from videocfr.train.rewards import answer_accuracy, extract_answer
+        """Generated answers and their Video-R1 accuracy (vlm.answers.answer_accuracy)."""
+        from .answers import answer_accuracy, extract_answer
 
         texts = self.generate(items, max_new_tokens)
         acc = np.array([answer_accuracy(extract_answer(t), it.answer, it.problem_type,
