@@ -1,4 +1,5 @@
-"""Imports run one way: {cache_format, world} < vlm < {precompute, train, evaluate} < selector < cli.
+"""Imports run one way: {cache_format, world} < vlm < {precompute, train, evaluate} < selector
+< cli.
 
 Every module of the source tree is parsed (ast, nothing is imported) and each import of a
 `videocfr.*` module, absolute or relative, at module level or inside a function, and each

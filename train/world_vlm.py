@@ -3,7 +3,8 @@
 The model reads n frames and a multiple-choice question about one object ("What colour is the
 triangle?"); the asked object is in one frame, distractors that never share the asked key are in
 the others. It is trained on the frozen scorer's exact prompt (question, "Options:", the options,
-the letter instruction; `vlm.scorer.letter_prompt`), with the loss on the option letters' logits at the
+the letter instruction: `vlm.scorer.letter_prompt`), with the loss on the option letters'
+logits at the
 answer position — the logits `FrozenScorer.option_logits` reads — so the scorer's margin is the
 quantity trained. Samples without the needle (the answer cannot be seen) are trained toward a
 uniform distribution over the letters, so the margin says "I cannot see it" where it cannot.
