@@ -55,5 +55,10 @@ evaluate: install world
 	$(BIN)/videocfr evaluate vniah run $(VNIAH_DIR) --config configs/precompute/world.yaml \
 		--control-config configs/precompute/world_random.yaml --model $(WORLD_DIR)/vlm
 
+# the world's tiny CLIP and VLM (METHOD §9), trained on the CPU; kept under WORLD_ROOT and
+# retrained only when the generator's WORLD_VERSION or WORLD_SEED changes
+world: install
+	$(BIN)/videocfr world build --root $(WORLD_ROOT) --seed $(WORLD_SEED)
+
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

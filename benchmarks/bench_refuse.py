@@ -30,11 +30,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # test helpers, by module name
 
+from synthetic_cache import make_question, make_video  # noqa: E402
 from videocfr.cache_format import Cache, FusionConfig, ShardWriter, finalize_cache  # noqa: E402
 from videocfr.cache_format.refuse import refuse_cache  # noqa: E402
-
-from tests.synthetic_cache import make_question, make_video  # noqa: E402
 
 
 def precompute(config: str, dataset: str, out: Path) -> float:

@@ -32,10 +32,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # test helpers, by module name
 
+from synthetic_cache import make_question, make_video  # noqa: E402
 from videocfr.cache_format import ShardWriter, finalize_cache  # noqa: E402
-
-from tests.synthetic_cache import make_question, make_video  # noqa: E402
 
 NUM_FILE_FRAMES = 300
 FPS = 25.0

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from synthetic_cache import make_question, make_video
 from videocfr.evaluate.strategies import (
     STRATEGIES,
     allows_repeats,
@@ -9,8 +10,6 @@ from videocfr.evaluate.strategies import (
     select,
     uniform_positions,
 )
-
-from tests.synthetic_cache import make_question, make_video
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))

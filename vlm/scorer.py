@@ -65,6 +65,14 @@ class ScoreItem:
         return out
 
 
+def letter_prompt(question: str, options: list[str]) -> str:
+    """The user text of option-letter scoring: question, "Options:", the options, LETTER_PROMPT.
+
+    Models trained to be scored (the world VLM) train on this very text.
+    """
+    return question.strip() + "\nOptions:\n" + "\n".join(options) + "\n" + LETTER_PROMPT
+
+
 def _even_frames(item: ScoreItem) -> tuple[np.ndarray, np.ndarray]:
     frames = np.asarray(item.frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
@@ -130,6 +138,10 @@ class FrozenScorer:
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
         kind = checkpoint_kind(path)
+        from videocfr.world.artifacts import check_vlm_dir, is_world_vlm
+
+        if is_world_vlm(path):
+            check_vlm_dir(path)  # a world VLM of another generator version is refused
         if kind != "qwen2_5_vl":
             raise ValueError(f"{path} holds a {kind or 'unknown'!r} model, not a Qwen2.5-VL "
                              f"checkpoint (model_type 'qwen2_5_vl')")
@@ -150,7 +162,9 @@ class FrozenScorer:
         return cls(model, processor, **kw)
 
     # -- inputs --------------------------------------------------------------------------------
-    def _batch(self, items: list[ScoreItem], prompts: list[str]):
+    def batch_inputs(self, items: list[ScoreItem], prompts: list[str]):
+        """The processor inputs of items shown with their prompts (Qwen2.5-VL's chat and
+        video call; an odd frame count repeats the last frame), on the scorer's device."""
         from transformers.video_utils import VideoMetadata
 
         from .prompts import chat_messages
@@ -196,9 +210,8 @@ class FrozenScorer:
                 if not item.options:
                     raise ValueError(f"question {item.question[:60]!r} has no options; logit "
                                      f"scoring needs multiple choice (use generate mode)")
-                prompts.append(item.question.strip() + "\nOptions:\n" + "\n".join(item.options)
-                               + "\n" + LETTER_PROMPT)
-            batch = self._batch(chunk, prompts)
+                prompts.append(letter_prompt(item.question, item.options))
+            batch = self.batch_inputs(chunk, prompts)
             with torch.inference_mode():
                 logits = self.model(**batch).logits[:, -1, :].float()  # (B, V), left padded
             for row, item in enumerate(chunk):
@@ -226,8 +239,6 @@ class FrozenScorer:
 
     def generate(self, items: list[ScoreItem], max_new_tokens: int = 256) -> list[str]:
         """Greedy answers to the trainer's Video-R1 prompt (think, then <answer>...</answer>)."""
-        import torch
-
         from .prompts import build_prompt, problem_type_of
 
         texts: list[str] = []
@@ -235,12 +246,20 @@ class FrozenScorer:
             chunk = items[start:start + self.batch_size]
             prompts = [build_prompt(it.question, it.options,
                                     problem_type_of(it.problem_type, it.options)) for it in chunk]
-            batch = self._batch(chunk, prompts)
-            with torch.inference_mode():
-                ids = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-            new = ids[:, batch["input_ids"].shape[1]:]
-            texts += self.processor.batch_decode(new, skip_special_tokens=True)
+            texts += self.generate_prompts(chunk, prompts, max_new_tokens)
         return texts
+
+    def generate_prompts(self, items: list[ScoreItem], prompts: list[str],
+                         max_new_tokens: int = 256, **generate_kw) -> list[str]:
+        """Answers to given user texts (one batch; greedy unless `generate_kw` says otherwise)."""
+        import torch
+
+        batch = self.batch_inputs(items, prompts)
+        generate_kw = {"do_sample": False, **generate_kw}
+        with torch.inference_mode():
+            ids = self.model.generate(**batch, max_new_tokens=max_new_tokens, **generate_kw)
+        new = ids[:, batch["input_ids"].shape[1]:]
+        return self.processor.batch_decode(new, skip_special_tokens=True)
 
     def generate_scores(self, items: list[ScoreItem], max_new_tokens: int = 256
                         ) -> tuple[list[str], np.ndarray]:
