@@ -21,7 +21,8 @@ def video_root(cache: Cache, override: str | Path | None = None) -> Path:
 
 
 def load_frames(root: str | Path, video: VideoRecord, positions: np.ndarray,
-                method: str = "auto", flag: str = "--video-root") -> tuple[np.ndarray, np.ndarray]:
+                method: str = "auto", decoder: str = "decord", flag: str = "--video-root"
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Decode the chosen candidates of one video.
 
     Args:
@@ -29,6 +30,8 @@ def load_frames(root: str | Path, video: VideoRecord, positions: np.ndarray,
         video: the cached record (status ok).
         positions: int64 [n] sorted candidate positions (a strategy's output; repeats allowed).
         method: vlm.video.read_frames's decode method.
+        decoder: the frame decoder backend: the cache's own, `vlm.decoders.cache_decoder(
+            cache.config)` (the callers here pass it).
         flag: how the user of the command in use points at the videos (named when missing).
 
     Returns:
@@ -51,5 +54,5 @@ def load_frames(root: str | Path, video: VideoRecord, positions: np.ndarray,
         raise FileNotFoundError(f"video {path} not found (video {video.video_id!r} of the cache, "
                                 f"path {video.path!r} relative to {root}); pass {flag} DIR, the "
                                 f"directory the cache's video paths are relative to")
-    frames = read_frames(path, video.frame_indices[positions], method)
+    frames = read_frames(path, video.frame_indices[positions], method, decoder=decoder)
     return frames, np.asarray(video.timestamps, np.float64)[positions]

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 from videocfr.cache_format import Cache, CacheError
+from videocfr.vlm.decoders import cache_decoder
 
 from ..strategies import make_strategy, select
 from .build import Needle, chance_hit_rate, load_needles
@@ -118,7 +119,8 @@ def score(cache: Cache, needles: list[Needle], strategies: list[str], budgets: l
                 correct = None
                 if scorer is not None and (answer is None or (name in answer[0]
                                                               and n in answer[1])):
-                    correct = _answer(scorer, video, question, pos, video_root)
+                    correct = _answer(scorer, video, question, pos, video_root,
+                                      cache_decoder(cache.config))
                 k = video.num_sampled
                 rows.append(Row(needle.video_id, needle.haystack, needle.needle,
                                 needle.length_s, needle.depth, name + suffix, n,
@@ -127,12 +129,14 @@ def score(cache: Cache, needles: list[Needle], strategies: list[str], budgets: l
     return rows, dict(problems)
 
 
-def _answer(scorer, video, question, pos: np.ndarray, video_root: Path) -> float:
+def _answer(scorer, video, question, pos: np.ndarray, video_root: Path,
+            decoder: str = "decord") -> float:
     from videocfr.vlm.scorer import ScoreItem
 
     from ..frames import load_frames
 
-    frames, ts = load_frames(video_root, video, pos, flag="BUILD_DIR (the `vniah build` output)")
+    frames, ts = load_frames(video_root, video, pos, decoder=decoder,
+                             flag="BUILD_DIR (the `vniah build` output)")
     item = ScoreItem(frames, question.question, question.options, question.answer,
                      question.problem_type, ts)
     z = scorer.option_logits([item])[0]
