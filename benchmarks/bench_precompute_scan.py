@@ -32,9 +32,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # test helpers, by module name
+if str(ROOT / "tests") not in sys.path:  # the tests' helper modules, by their bare names
+    sys.path.insert(0, str(ROOT / "tests"))
 
 logger = logging.getLogger("bench_precompute_scan")
 

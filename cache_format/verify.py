@@ -10,6 +10,7 @@ import numpy as np
 
 from . import schema
 from .additions import verify_additions
+from .fusion import QFRAME_ARRAYS, SALIENCES
 from .io import sha256_file
 from .manifest import load_manifest, safe_member_path
 from .reader import Cache
@@ -100,12 +101,11 @@ def check_shard_values(f: h5py.File, rows: dict[str, int]) -> int:
     _check_offsets(qo, rows["qframes"], "questions/frame_offset")
     if np.any(np.diff(qo) != k[vrow]):
         raise schema.SchemaError("a question's saliences do not have its video's K values")
-    for name in ("uniform", "scene", "semantic", "semantic_raw", "prior"):
+    for name in QFRAME_ARRAYS:
         arr = _read(f, f"qframes/{name}")
         if not np.isfinite(arr).all():
             raise schema.SchemaError(f"qframes/{name} contains NaN or inf")
-        if name in ("uniform", "scene", "semantic") and (arr.size and (arr.min() < 0
-                                                                      or arr.max() > 1)):
+        if name in SALIENCES and arr.size and (arr.min() < 0 or arr.max() > 1):
             raise schema.SchemaError(f"qframes/{name} leaves [0, 1]")
     prior = _read(f, "qframes/prior")
     if prior.size and prior.min() < 0:

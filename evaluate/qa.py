@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 from videocfr.cache_format import Cache, CacheError
 from videocfr.cache_format.keys import is_image_record, video_r1_key
+from videocfr.vlm.decoders import cache_decoder
 from videocfr.vlm.scorer import FrozenScorer, ScoreItem
 
 from .focus import focus
@@ -129,6 +130,7 @@ def evaluate(records: list[EvalRecord], cache: Cache, scorer: FrozenScorer,
                                                         (skipped or {}).items()})
     fns = {name: make_strategy(name) for name in strategies}
     root = root if root is not None else video_root(cache)
+    decoder = cache_decoder(cache.config)  # the frames the prior was computed on
     with open(samples, "a", encoding="utf-8") as sink:
         for rec in tqdm(records, desc="evaluate qa", unit="question"):
             try:
@@ -150,7 +152,7 @@ def evaluate(records: list[EvalRecord], cache: Cache, scorer: FrozenScorer,
                         continue
                     rng = sample_rng(seed, n, rec.video_id, rec.question_id)
                     pos = select(fn, video, question, n, rng)
-                    frames, ts = load_frames(root, video, pos)
+                    frames, ts = load_frames(root, video, pos, decoder=decoder)
                     item = ScoreItem(frames, question.question, question.options, rec.answer,
                                      rec.problem_type, ts)
                     row = {"video_id": rec.video_id, "question_id": rec.question_id,

@@ -32,9 +32,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 from videocfr.cache_format import Cache, CacheError, QuestionRecord, VideoRecord
+from videocfr.cache_format.keys import video_r1_key
 
 from .checkpoint import load_policy
-from .data import SelectorSample, make_batch, relative_times, video_r1_key
+from .data import SelectorSample, make_batch, relative_times
 from .policy import FrameSelector
 
 log = logging.getLogger(__name__)
@@ -271,7 +272,8 @@ def _write_video_r1(cache: Cache, src: Path, dst: Path, chosen: dict, counts: di
     counts["not_in_cache"] = 0
     videos: dict[str, VideoRecord] = {}
     for rec in records:
-        key = video_r1_key(rec) if isinstance(rec, dict) else None
+        key = (video_r1_key(rec) if isinstance(rec, dict) and {"path", "problem_id"} <= set(rec)
+               else None)
         if key is None or key not in chosen:
             counts["not_in_cache"] += 1  # image records, failed videos, K < n, other data
             continue
