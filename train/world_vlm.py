@@ -4,13 +4,16 @@ The model reads n frames and a multiple-choice question about one object ("What 
 triangle?"); the asked object is in one frame, distractors that never share the asked key are in
 the others. It is trained on the frozen scorer's exact prompt (question, "Options:", the options,
 the letter instruction: `vlm.scorer.letter_prompt`), with the loss on the option letters'
-logits at the
-answer position — the logits `FrozenScorer.option_logits` reads — so the scorer's margin is the
+logits at the answer position
+— the logits `FrozenScorer.option_logits` reads — so the scorer's margin is the
 quantity trained. Samples without the needle (the answer cannot be seen) are trained toward a
 uniform distribution over the letters, so the margin says "I cannot see it" where it cannot.
 
-Curriculum (`STAGES`): two frames and no distractors first, then distractors, then the full
-frame count with needle-free samples. The tokenizer is the tiny byte-level BPE retrained on the
+Curriculum (`STAGES`): two frames, one object shrinking from nearly the frame's height, then
+distractors with half the questions carrying a text hint of the answer (the letter lookup
+learned without vision). Measured so far: the answer word is learned above chance, the letter
+lookup from what is seen is not (see docs/world.md); the targets are not reached.
+The tokenizer is the tiny byte-level BPE retrained on the
 world's prompts (`world_tokenizer`: every world word one token), so the sequence stays short.
 
 What it leaves out: any language ability beyond the world's questions; it is evidence about the
@@ -97,13 +100,12 @@ class Stage:
     needle_distractors: tuple[int, int] = (0, 0)
     no_needle: float = 0.0  # fraction of samples without the needle (uniform target)
     size: tuple[float, float] | None = None  # object size from .. to over the stage (None: world's)
+    hint: float = 0.0  # fraction of samples whose question ends with "Hint: <answer>." (text only)
 
 
 STAGES: tuple[Stage, ...] = (
     Stage(300, (2,), size=(0.9, 0.3)),
-    Stage(300, (2,), (0, 1), (0, 1), size=(0.3, 0.2)),
-    Stage(400, (2, 4), (0, 2), (0, 1), 0.15),
-    Stage(300, (4,), (0, 2), (0, 1), 0.15),
+    Stage(500, (2,), (0, 1), (0, 1), hint=0.5, size=(0.35, 0.25)),
 )
 
 
@@ -144,6 +146,15 @@ class VlmTrainConfig:
 def _fps(rng: np.random.Generator) -> float:
     """A frame rate between 0.05 and 4 (log-uniform): cached timestamps have any spacing."""
     return float(math.exp(rng.uniform(math.log(0.05), math.log(4.0))))
+
+
+def with_hint(sample: VideoQA) -> VideoQA:
+    """The sample with "Hint: <answer>." after its question: the letter lookup without vision."""
+    import dataclasses
+
+    q = sample.question
+    return dataclasses.replace(sample, question=dataclasses.replace(
+        q, question=f"{q.question} Hint: {q.answer_text}."))
 
 
 def make_batch(processor, samples: list[VideoQA], fps: list[float]):
@@ -275,12 +286,15 @@ def train_vlm(config: VlmTrainConfig, out: str | Path, init: str | Path | None =
                                 distractors=stage.distractors,
                                 needle_distractors=stage.needle_distractors, size=size)
                        for k in needles]
+            hinted = (rng.random(config.batch) < stage.hint) & needles
+            samples = [with_hint(x) if h else x for x, h in zip(samples, hinted)]
             b, ids = make_batch(processor, samples, [_fps(rng) for _ in samples])
             full = answer_logits(model, b).float()  # (B, V)
             z = torch.gather(full, 1, ids)  # (B, 4) the option letters
             logp = torch.log_softmax(z, dim=-1)
             truth = torch.tensor([LETTERS.index(s.question.answer) for s in samples])
             seen = torch.from_numpy(needles)
+            unhinted = seen & ~torch.from_numpy(hinted)
             # needle shown: the answer's letter; not shown: uniform over the letters
             nll = -logp.gather(1, truth[:, None])[:, 0]
             flat = -logp.mean(-1)
@@ -297,10 +311,10 @@ def train_vlm(config: VlmTrainConfig, out: str | Path, init: str | Path | None =
             bar.update(1)
             done += 1
             with torch.no_grad():  # running accuracy on the samples that show the needle
-                hits += int(((z.argmax(-1) == truth) & seen).sum())
+                hits += int(((z.argmax(-1) == truth) & unhinted).sum())
                 word_hits += int(((full.argmax(-1) == word_ids(processor.tokenizer, samples))
-                                  & seen).sum())
-                seen_count += int(seen.sum())
+                                  & unhinted).sum())
+                seen_count += int(unhinted.sum())
             if done % 50 == 0:
                 log.info("step %d loss %.3f train accuracy (needle shown): letter %.3f, "
                          "answer word %.3f", done, loss.item(), hits / max(1, seen_count),

@@ -183,12 +183,12 @@ class ClipTrainConfig:
         threads: torch CPU threads (1: on a shared machine more threads mostly wait).
     """
 
-    steps: int = 1000
+    steps: int = 1500
     batch: int = 12
-    lr: float = 1e-3
+    lr: float = 5e-4
     weight_decay: float = 0.05
     frame_size: tuple[int, int] = (160, 90)
-    curriculum: float = 0.4
+    curriculum: float = 0.3
     start_size: float = 0.5
     seed: int = 0
     threads: int = 1
