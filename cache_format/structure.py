@@ -17,7 +17,9 @@ refuses everything else, reading only metadata plus the small offset and row-poi
   (questions/video_row, aliases/video_row) point inside the videos table.
 
 Each refusal is a `StructureError` whose `kind` names the case (docs/cache-format.md lists them)
-and whose `path` names the object.
+and whose `path` names the object. Readers never run this check on unchecked bytes in their own
+process: cache_format/sandbox.py runs it in a child first (kinds "hang", "crash" and "memory"
+are that child timing out, dying by a signal or running out of memory).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ VLEN_ITEM_BYTES = 16  # a variable-length string element: a global-heap referenc
 KINDS = ("missing", "extra-object", "soft-link", "external-link", "user-link", "not-a-dataset",
          "shared-object", "virtual-dataset", "external-storage", "filter", "layout", "dtype",
          "shape", "size", "chunk", "offsets", "row-pointer", "attribute", "bad-id",
-         "duplicate-key")
+         "duplicate-key", "hang", "crash", "memory")
 
 _LINK_KINDS = {h5py.h5l.TYPE_SOFT: "soft-link", h5py.h5l.TYPE_EXTERNAL: "external-link"}
 

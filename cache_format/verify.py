@@ -1,4 +1,8 @@
-"""`videocfr cache verify`: checksums, schema, shapes, dtypes, sums and finiteness."""
+"""`videocfr cache verify`: checksums, schema, shapes, dtypes, sums and finiteness.
+
+The shard checks run in child processes (cache_format/sandbox.py): HDF5 never parses an
+unchecked shard in the verifying process, and a shard that hangs or crashes it is one problem.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,11 @@ import numpy as np
 
 from . import schema
 from .additions import verify_additions
-from .io import sha256_file
 from .manifest import load_manifest, safe_member_path
 from .reader import Cache
-from .storage import as_path, open_h5
-from .structure import StructureError, check_shard
+from .sandbox import DigestMismatch, Limits, check_paths
+from .storage import as_path
+from .structure import StructureError
 
 ATOL = 1e-5
 
@@ -123,34 +127,38 @@ def check_shard_values(f: h5py.File, rows: dict[str, int]) -> int:
     return int(failed.sum())
 
 
-def _verify_shard(path: str | Path, config_hash: str | None, embed_dim: int | None
-                  ) -> tuple[list[Problem], dict[str, int]]:
-    """(problems, counts {videos, failed_videos, questions}) of one shard, read once."""
-    try:
-        with open_h5(path) as f:
-            rows = check_shard(f, config_hash=config_hash, embed_dim=embed_dim,
-                                         where=str(path))
-            failed = check_shard_values(f, rows)
-    except StructureError as err:
-        return [Problem(f"{path}:{err.path}", err.detail, err.kind)], {}
-    except schema.CacheError as err:
-        msg = str(err)
-        prefix = f"{path}: "
-        return [Problem(str(path), msg[len(prefix):] if msg.startswith(prefix) else msg)], {}
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
-        return [Problem(str(path), f"unreadable ({type(err).__name__}: {err})")], {}
-    return [], {"videos": rows["videos"], "failed_videos": failed,
-                "questions": rows["questions"]}
+def _problems(err: Exception, path: str) -> list[Problem]:
+    """A check's exception as verify's one-line problem."""
+    if isinstance(err, StructureError):
+        return [Problem(f"{path}:{err.path}", err.detail, err.kind)]
+    msg, prefix = str(err), f"{path}: "
+    msg = msg[len(prefix):] if msg.startswith(prefix) else msg
+    if msg.startswith(f"{path} is not a readable HDF5 shard: "):
+        msg = f"unreadable ({msg.split(': ', 1)[1]})"
+    return [Problem(path, msg)]
+
+
+def _counts(answer: dict) -> dict[str, int]:
+    rows = answer["rows"]
+    return {"videos": rows["videos"], "failed_videos": answer["failed"],
+            "questions": rows["questions"]}
 
 
 def verify_shard(path: str | Path, config_hash: str | None = None,
                  embed_dim: int | None = None) -> list[Problem]:
-    """Verify one shard file on its own (no manifest needed)."""
-    return _verify_shard(path, config_hash, embed_dim)[0]
+    """Verify one shard file on its own (no manifest needed), in a child process."""
+    path = as_path(path)
+    (result,) = check_paths([path], [str(path)], "values", config_hash, embed_dim, fresh=True,
+                            keep=False)
+    return _problems(result, str(path)) if isinstance(result, Exception) else []
 
 
-def verify_cache(cache_dir: str | Path) -> list[Problem]:
+def verify_cache(cache_dir: str | Path, limits: Limits | None = None) -> list[Problem]:
     """Verify a whole cache: manifest, every shard's sha256, schema, values and counts.
+
+    Every shard is checked afresh in a child process (in parallel, under `limits`: default
+    Limits.from_env()); a shard that hangs, crashes or exhausts HDF5 is one problem of kind
+    hang / crash / memory.
 
     Returns:
         The problems found; empty when the cache is sound.
@@ -162,6 +170,7 @@ def verify_cache(cache_dir: str | Path) -> list[Problem]:
         return [Problem(str(cache_dir / schema.MANIFEST_NAME), str(err))]
     problems: list[Problem] = []
     totals = {"videos": 0, "failed_videos": 0, "questions": 0}
+    entries, paths = [], []
     for entry in manifest["shards"]:
         path = safe_member_path(cache_dir, entry["path"])
         if not path.is_file():
@@ -171,18 +180,21 @@ def verify_cache(cache_dir: str | Path) -> list[Problem]:
             problems.append(Problem(entry["path"], f"size {path.stat().st_size} bytes, manifest "
                                                    f"says {entry['bytes']}", "size"))
             continue
-        digest = sha256_file(path)
-        if digest != entry["sha256"]:
-            problems.append(Problem(entry["path"], f"sha256 {digest} does not match the "
-                                                   f"manifest's {entry['sha256']}",
-                                    "checksum"))
+        entries.append(entry)
+        paths.append(path)
+    results = check_paths(paths, [e["path"] for e in entries], "values",
+                          manifest["config_hash"], manifest["embed_dim"], limits, fresh=True,
+                          keep=False, expect_sha256=[e["sha256"] for e in entries])
+    for entry, result in zip(entries, results):
+        if isinstance(result, DigestMismatch):  # the digest of the very bytes to be checked
+            problems.append(Problem(entry["path"], f"sha256 {result.found} does not match the "
+                                                   f"manifest's {result.expected}", "checksum"))
             continue
-        found, counts = _verify_shard(path, manifest["config_hash"], manifest["embed_dim"])
-        problems += [Problem(p.where.replace(str(path), entry["path"], 1), p.reason, p.kind)
-                     for p in found]
-        if found:
+        if isinstance(result, Exception):
+            problems += _problems(result, entry["path"])
             continue
-        for key, n in counts.items():
+        answer = result[1]
+        for key, n in _counts(answer).items():
             totals[key] += n
             if entry[key] != n:
                 problems.append(Problem(entry["path"], f"holds {n} {key}, manifest says "

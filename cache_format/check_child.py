@@ -1,0 +1,108 @@
+"""The child process that parses an untrusted shard: `python -m videocfr.cache_format.check_child`.
+
+The parent (cache_format/sandbox.py) passes an open file descriptor of the shard (the exact inode
+whose sha256 it computed) and a JSON request on argv:
+
+    {"fd": int, "level": "read" | "values", "where": str, "config_hash": str | None,
+     "embed_dim": int | None, "memory": int (bytes of address space)}
+
+The child first caps its own address space (RLIMIT_AS) and core dumps, then imports h5py and
+runs the check on /proc/self/fd/<fd>:
+
+- level "read": the structural check (structure.check_shard), then every dataset read whole, in
+  row blocks (strings decoded as UTF-8), so that every byte a reader may later parse in its own
+  process has been parsed here first;
+- level "values": the above plus verify's value checks (verify.check_shard_values).
+
+It prints one JSON line on stdout: {"status": "ok", "rows": {...}, "failed": int | None} or
+{"status": "structure", "kind", "path", "detail"} / {"status": "schema", "message"} /
+{"status": "unreadable", "message"} / {"status": "memory", "message"}. A hang or a crash prints
+nothing: the parent's timeout and the exit status say which.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+
+BLOCK_BYTES = 32 << 20  # rows read per block: bounds the child's memory on large shards
+
+
+def _limit_memory(limit: int) -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if limit > 0:
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def read_all(f) -> None:
+    """Read every dataset of the schema whole, in row blocks of <= BLOCK_BYTES."""
+    import h5py
+    import numpy as np
+    from videocfr.cache_format import schema
+
+    for name in schema.SHARD_DATASETS:
+        ds = f[name]
+        is_str = h5py.check_string_dtype(ds.dtype) is not None
+        row = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * (16 if is_str
+                                                                  else ds.dtype.itemsize))
+        step = max(1, BLOCK_BYTES // row)
+        view = ds.asstr() if is_str else ds
+        for start in range(0, ds.shape[0], step):
+            view[start:start + step]
+
+
+def run(request: dict) -> dict:
+    """The check of one shard; the JSON-able answer."""
+    import h5py
+    from videocfr.cache_format.schema import CacheError
+    from videocfr.cache_format.structure import StructureError, check_shard
+
+    where = request["where"]
+    try:
+        try:
+            f = h5py.File(f"/proc/self/fd/{request['fd']}", "r", locking=False)
+        except OSError as err:
+            return {"status": "unreadable", "message": f"not a readable HDF5 shard: {err}"}
+        with f:
+            rows = check_shard(f, config_hash=request["config_hash"],
+                               embed_dim=request["embed_dim"], where=where)
+            read_all(f)
+            failed = None
+            if request["level"] == "values":
+                from videocfr.cache_format.verify import check_shard_values
+
+                failed = check_shard_values(f, rows)
+        return {"status": "ok", "rows": rows, "failed": failed}
+    except MemoryError as err:
+        return {"status": "memory", "message": f"MemoryError {err}".strip()}
+    except StructureError as err:
+        return {"status": "structure", "kind": err.kind, "path": err.path, "detail": err.detail}
+    except CacheError as err:
+        msg, prefix = str(err), f"{where}: "
+        return {"status": "schema", "message": msg[len(prefix):] if msg.startswith(prefix)
+                else msg}
+    except (OSError, ValueError, KeyError, TypeError, IndexError, RuntimeError,
+            UnicodeDecodeError, OverflowError) as err:
+        text = str(err)
+        if "memory" in text.lower() and "alloc" in text.lower():
+            return {"status": "memory", "message": f"{type(err).__name__}: {text}"}
+        return {"status": "unreadable", "message": f"{type(err).__name__}: {text}"}
+
+
+def main() -> None:
+    request = json.loads(sys.argv[1])
+    _limit_memory(int(request.get("memory") or 0))
+    try:
+        answer = run(request)
+    except MemoryError:
+        answer = {"status": "memory", "message": "MemoryError"}
+    sys.stdout.write(json.dumps(answer) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
