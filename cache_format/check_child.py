@@ -38,21 +38,32 @@ def _limit_memory(limit: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
-def read_all(f) -> None:
-    """Read every dataset of the schema whole, in row blocks of <= BLOCK_BYTES."""
+def _read_blocks(ds) -> None:
+    """Read one dataset whole, in row blocks of <= BLOCK_BYTES (strings decoded as UTF-8)."""
     import h5py
     import numpy as np
+
+    is_str = h5py.check_string_dtype(ds.dtype) is not None
+    row = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * (16 if is_str
+                                                              else ds.dtype.itemsize))
+    step = max(1, BLOCK_BYTES // row)
+    view = ds.asstr() if is_str else ds
+    for start in range(0, ds.shape[0], step):
+        view[start:start + step]
+
+
+def read_all(f) -> None:
+    """Read every dataset of the schema (a fletcher32 failure is a named SchemaError)."""
     from videocfr.cache_format import schema
 
     for name in schema.SHARD_DATASETS:
-        ds = f[name]
-        is_str = h5py.check_string_dtype(ds.dtype) is not None
-        row = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * (16 if is_str
-                                                                  else ds.dtype.itemsize))
-        step = max(1, BLOCK_BYTES // row)
-        view = ds.asstr() if is_str else ds
-        for start in range(0, ds.shape[0], step):
-            view[start:start + step]
+        try:
+            _read_blocks(f[name])
+        except OSError as err:
+            if "filter" in str(err):
+                raise schema.SchemaError(f"{name}: checksum (fletcher32) mismatch — the data "
+                                         f"is corrupted") from err
+            raise schema.SchemaError(f"{name}: unreadable ({err})") from err
 
 
 def run(request: dict) -> dict:
