@@ -136,6 +136,7 @@ class Pinned:
 
 _SHA_BY_IDENTITY: dict[tuple, str] = {}
 _PASSED: dict[tuple, dict] = {}
+_REFUSED: dict[tuple, StructureError] = {}
 _LOCK = threading.Lock()
 
 
@@ -201,11 +202,16 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+def child_command(request: dict) -> list[str]:
+    """The command line of one check: a fresh interpreter running check_child.py."""
+    return [sys.executable, "-m", "videocfr.cache_format.check_child", json.dumps(request)]
+
+
 def _run_child(p: Pinned, level: str, config_hash: str | None, embed_dim: int | None,
                limits: Limits) -> dict:
     request = {"fd": p.fd, "level": level, "where": p.where, "config_hash": config_hash,
                "embed_dim": embed_dim, "memory": limits.memory_bytes}
-    cmd = [sys.executable, "-m", "videocfr.cache_format.check_child", json.dumps(request)]
+    cmd = child_command(request)
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, pass_fds=(p.fd,), env=_child_env())
     try:
@@ -225,8 +231,10 @@ def _run_child(p: Pinned, level: str, config_hash: str | None, embed_dim: int | 
             raise StructureError(p.where, "memory", "/", "the check was killed (SIGKILL, most "
                                  "likely the out-of-memory killer); lower its memory with "
                                  "VIDEOCFR_CHECK_MEMORY")
-        raise StructureError(p.where, "crash", "/", f"HDF5 crashed parsing the shard "
-                             f"(signal {name}); the shard is malformed")
+        raise StructureError(p.where, "crash", "/", f"the check died by signal {name}: HDF5 "
+                             f"crashed on malformed bytes (or, rarer, the check's "
+                             f"{limits.memory_bytes / 2**30:.3g} GiB address-space limit, "
+                             f"VIDEOCFR_CHECK_MEMORY, was too low to start)")
     try:
         answer = json.loads(out.decode().strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -271,12 +279,20 @@ def check_pinned(p: Pinned, level: str, config_hash: str | None, embed_dim: int 
             (("values",) if level == "values" else ("read", "values"))]
     if not fresh:
         for key in keys:
+            if key in _REFUSED:  # a hang, crash or memory refusal is not paid twice
+                raise _REFUSED[key]
             answer = _PASSED.get(key) or record().passed(key)
             if answer is not None:
                 with _LOCK:
                     _PASSED[key] = answer
                 return answer
-    answer = _run_child(p, level, config_hash, embed_dim, limits or Limits.from_env())
+    try:
+        answer = _run_child(p, level, config_hash, embed_dim, limits or Limits.from_env())
+    except StructureError as err:
+        if err.kind in ("hang", "crash", "memory"):
+            with _LOCK:
+                _REFUSED[keys[0]] = err
+        raise
     p.still_same()
     with _LOCK:
         _PASSED[keys[0]] = answer
@@ -357,6 +373,7 @@ def open_checked(paths: list, wheres: list[str], config_hash: str | None,
 def forget() -> None:
     """Drop the passes remembered in this process (tests, long-lived services)."""
     _PASSED.clear()
+    _REFUSED.clear()
     _SHA_BY_IDENTITY.clear()
 
 
