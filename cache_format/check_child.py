@@ -23,6 +23,7 @@ nothing: the parent's timeout and the exit status say which.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 
@@ -75,7 +76,11 @@ def run(request: dict) -> dict:
     where = request["where"]
     try:
         try:
-            f = h5py.File(f"/proc/self/fd/{request['fd']}", "r", locking=False)
+            fd = request["fd"]
+            if os.fstat(fd).st_nlink == 0:  # no name left (a remote shard's spool)
+                f = h5py.File(os.fdopen(fd, "rb"), "r", locking=False)
+            else:
+                f = h5py.File(f"/proc/self/fd/{fd}", "r", locking=False)
         except OSError as err:
             return {"status": "unreadable", "message": f"not a readable HDF5 shard: {err}"}
         with f:

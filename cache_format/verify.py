@@ -145,20 +145,23 @@ def _counts(answer: dict) -> dict[str, int]:
 
 
 def verify_shard(path: str | Path, config_hash: str | None = None,
-                 embed_dim: int | None = None) -> list[Problem]:
-    """Verify one shard file on its own (no manifest needed), in a child process."""
+                 embed_dim: int | None = None, fresh: bool = False) -> list[Problem]:
+    """Verify one shard file on its own (no manifest needed), in a child process (fresh=False:
+    a pass already remembered for these bytes' sha256 answers)."""
     path = as_path(path)
-    (result,) = check_paths([path], [str(path)], "values", config_hash, embed_dim, fresh=True,
+    (result,) = check_paths([path], [str(path)], "values", config_hash, embed_dim, fresh=fresh,
                             keep=False)
     return _problems(result, str(path)) if isinstance(result, Exception) else []
 
 
-def verify_cache(cache_dir: str | Path, limits: Limits | None = None) -> list[Problem]:
+def verify_cache(cache_dir: str | Path, limits: Limits | None = None,
+                 fresh: bool = False) -> list[Problem]:
     """Verify a whole cache: manifest, every shard's sha256, schema, values and counts.
 
-    Every shard is checked afresh in a child process (in parallel, under `limits`: default
-    Limits.from_env()); a shard that hangs, crashes or exhausts HDF5 is one problem of kind
-    hang / crash / memory.
+    Every shard is checked in a child process (in parallel, under `limits`: default
+    Limits.from_env()), unless a pass of the same check is remembered for its sha256 (in this
+    process or the trust record; fresh=True re-checks). A shard that hangs, crashes or exhausts
+    HDF5 is one problem of kind hang / crash / memory.
 
     Returns:
         The problems found; empty when the cache is sound.
@@ -183,7 +186,7 @@ def verify_cache(cache_dir: str | Path, limits: Limits | None = None) -> list[Pr
         entries.append(entry)
         paths.append(path)
     results = check_paths(paths, [e["path"] for e in entries], "values",
-                          manifest["config_hash"], manifest["embed_dim"], limits, fresh=True,
+                          manifest["config_hash"], manifest["embed_dim"], limits, fresh=fresh,
                           keep=False, expect_sha256=[e["sha256"] for e in entries])
     for entry, result in zip(entries, results):
         if isinstance(result, DigestMismatch):  # the digest of the very bytes to be checked
