@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from cache_fuzz import KINDS, OUTCOMES, judge, make_mutant  # noqa: E402
+from cache_fuzz import KINDS, OUTCOMES, differing_fields, judge, make_mutant  # noqa: E402
 from synthetic_cache import make_cache  # noqa: E402
 
 
@@ -43,6 +43,9 @@ def main() -> None:
                                                   "one of 4 videos)")
     ap.add_argument("--remote", action="store_true", help="read each mutant through a URL")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--seconds", type=float, default=None,
+                    help="stop starting new mutants after this long; the line then counts the "
+                         "mutants judged (mutants=<n judged>)")
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fuzz_cache_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -58,22 +61,27 @@ def main() -> None:
 
     def one(item):
         i, kind, seed = item
+        if args.seconds is not None and time.perf_counter() - t0 > args.seconds:
+            return None
         mutant = make_mutant(source, work / f"m{i:05d}-{kind}", kind, np.random.default_rng(seed))
         outcome, got = judge(mutant, reference, args.timeout, env, remote=args.remote)
         if outcome in ("refused", "same"):
             shutil.rmtree(mutant)
         else:
-            print(f"{outcome}: {mutant} {str(got)[:300]}", flush=True)
+            where = differing_fields(got, reference) if outcome == "silent" else str(got)[:300]
+            print(f"{outcome}: {mutant} {where}", flush=True)
         return outcome
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for n, outcome in enumerate(pool.map(one, plan), 1):
+            if outcome is None:
+                continue
             counts[outcome] += 1
             if n % 50 == 0:
                 print(f"  {n}/{args.mutants} {dict(counts)}", flush=True)
     seconds = time.perf_counter() - t0
     print("fuzz mutants={} {} seconds={:.1f}".format(
-        args.mutants, " ".join(f"{k}={counts[k]}" for k in OUTCOMES), seconds))
+        sum(counts.values()), " ".join(f"{k}={counts[k]}" for k in OUTCOMES), seconds))
 
 
 if __name__ == "__main__":

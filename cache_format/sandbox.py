@@ -294,7 +294,7 @@ def check_pinned(p: Pinned, level: str, config_hash: str | None, embed_dim: int 
             (("values",) if level == "values" else ("read", "values"))]
     if not fresh:
         for key in keys:
-            if key in _REFUSED:  # a hang, crash or memory refusal is not paid twice
+            if key in _REFUSED:  # a refusal is not paid twice in a process
                 raise _REFUSED[key]
             answer = _PASSED.get(key) or record().passed(key)
             if answer is not None:
@@ -303,8 +303,13 @@ def check_pinned(p: Pinned, level: str, config_hash: str | None, embed_dim: int 
                 return answer
     try:
         answer = _run_child(p, level, config_hash, embed_dim, limits or Limits.from_env())
-    except StructureError as err:
-        if err.kind in ("hang", "crash", "memory"):
+    except CacheError as err:  # deterministic for these bytes: not paid twice in a process
+        if isinstance(err, StructureError) and err.kind in ("hang", "crash", "memory"):
+            with _LOCK:
+                _REFUSED[keys[0]] = err
+                if level == "values":  # the child reads everything before the value checks
+                    _REFUSED[keys[0][:1] + ("read",) + keys[0][2:]] = err
+        elif not fresh:
             with _LOCK:
                 _REFUSED[keys[0]] = err
         raise

@@ -89,10 +89,16 @@ def _digest(values) -> str:
 
 
 def read_everything(cache: str) -> dict:
-    """What each reader makes of `cache`: problems, or digests of every value it returns."""
+    """What each reader makes of `cache`: problems, or digests of every value it returns.
+
+    Returns:
+        {"verify": [problem lines], "PriorTable": digest | "refused: ...", "Cache": digest |
+        "refused: ...", "fields": {record field: digest}} (fields: what differs, when a mutant
+        is read differently).
+    """
     from videocfr.cache_format import Cache, CacheError, PriorTable, verify_cache
 
-    out: dict = {"verify": [str(p) for p in verify_cache(cache)]}
+    out: dict = {"verify": [str(p) for p in verify_cache(cache)], "fields": {}}
     try:
         table = PriorTable.load(cache)
         keys = sorted(table.keys())
@@ -101,17 +107,15 @@ def read_everything(cache: str) -> dict:
         out["PriorTable"] = f"refused: {type(err).__name__}: {err}"
     try:
         c = Cache(cache)
-        values = []
+        fields: dict[str, list] = {}
         for vid in sorted(c.video_ids()):
-            v = c.video(vid)
-            values += [vid, v.path, v.content_hash, v.status, v.error, v.fps, v.duration,
-                       v.num_frames, v.frame_indices, v.timestamps, v.scenes, v.frame_scene,
-                       v.scene_rep, v.embeddings]
+            for name, value in vars(c.video(vid)).items():
+                fields.setdefault(f"video.{name}", []).append(value)
         for key in sorted(c.keys()):
-            q = c.question(*key)
-            values += [key, q.question, q.options, q.answer, q.problem_type, q.text_embedding,
-                       q.uniform, q.scene, q.semantic, q.semantic_raw, q.prior]
-        out["Cache"] = _digest(values)
+            for name, value in vars(c.question(*key)).items():
+                fields.setdefault(f"question.{name}", []).append(value)
+        out["fields"] = {name: _digest(values) for name, values in sorted(fields.items())}
+        out["Cache"] = _digest(out["fields"].values())
     except (CacheError, KeyError, ValueError, OSError, UnicodeDecodeError) as err:
         out["Cache"] = f"refused: {type(err).__name__}: {err}"
     return out
@@ -146,6 +150,11 @@ def judge(cache: Path, reference: dict | None, timeout_s: float, env: dict | Non
     if reference is None:
         return "same", got
     return classify(got, reference), got
+
+
+def differing_fields(got: dict, reference: dict) -> list[str]:
+    """The record fields a mutant is read with other values than the original."""
+    return [k for k, v in got.get("fields", {}).items() if reference["fields"].get(k) != v]
 
 
 def classify(got: dict, reference: dict) -> str:
