@@ -11,10 +11,11 @@ runs the check on /proc/self/fd/<fd>:
 
 - level "read": the structural check (structure.check_shard), then every dataset read whole, in
   row blocks (strings decoded as UTF-8), so that every byte a reader may later parse in its own
-  process has been parsed here first;
+  process has been parsed here first, then how the tables fit together
+  (verify.check_shard_tables: offsets, K, row pointers; not the float values);
 - level "values": the above plus verify's value checks (verify.check_shard_values).
 
-It prints one JSON line on stdout: {"status": "ok", "rows": {...}, "failed": int | None} or
+It prints one JSON line on stdout: {"status": "ok", "rows": {...}, "failed": int} or
 {"status": "structure", "kind", "path", "detail"} / {"status": "schema", "message"} /
 {"status": "unreadable", "message"} / {"status": "memory", "message"}. A hang or a crash prints
 nothing: the parent's timeout and the exit status say which.
@@ -87,11 +88,10 @@ def run(request: dict) -> dict:
             rows = check_shard(f, config_hash=request["config_hash"],
                                embed_dim=request["embed_dim"], where=where)
             read_all(f)
-            failed = None
-            if request["level"] == "values":
-                from videocfr.cache_format.verify import check_shard_values
+            from videocfr.cache_format.verify import check_shard_tables, check_shard_values
 
-                failed = check_shard_values(f, rows)
+            check = check_shard_values if request["level"] == "values" else check_shard_tables
+            failed = check(f, rows)
         return {"status": "ok", "rows": rows, "failed": failed}
     except MemoryError as err:
         return {"status": "memory", "message": f"MemoryError {err}".strip()}

@@ -53,10 +53,12 @@ def _read(f: h5py.File, name: str, as_str: bool = False) -> np.ndarray:
         raise schema.SchemaError(f"{name}: unreadable ({err})") from err
 
 
-def check_shard_values(f: h5py.File, rows: dict[str, int]) -> int:
-    """Check every value of a shard whose structure is known good. Raises SchemaError.
+def check_shard_tables(f: h5py.File, rows: dict[str, int]) -> int:
+    """Check how a shard's tables fit together (status, offsets, K, scenes, row pointers, ids of
+    questions and aliases), not the float values. Raises SchemaError.
 
-    Reading the checksummed datasets also makes HDF5 verify their fletcher32 checksums.
+    Readers run this in their check (cache_format/check_child.py): a reader never slices a prior
+    or a frame table with offsets that disagree with each other.
 
     Returns:
         The number of failed videos.
@@ -80,10 +82,6 @@ def check_shard_values(f: h5py.File, rows: dict[str, int]) -> int:
     errors = _read(f, "videos/error", as_str=True)
     if any(not errors[i] for i in np.flatnonzero(failed)):
         raise schema.SchemaError("a failed video has an empty error")
-    for name in ("frames/timestamp", "frames/embedding", "questions/text_embedding",
-                 "videos/fps", "videos/duration"):
-        if not np.isfinite(_read(f, name)).all():
-            raise schema.SchemaError(f"{name} contains NaN or inf")
     scene = _read(f, "frames/scene")
     per_video_scenes = np.repeat(np.diff(so), k)
     if np.any(scene < 0) or np.any(scene >= per_video_scenes):
@@ -104,6 +102,26 @@ def check_shard_values(f: h5py.File, rows: dict[str, int]) -> int:
     _check_offsets(qo, rows["qframes"], "questions/frame_offset")
     if np.any(np.diff(qo) != k[vrow]):
         raise schema.SchemaError("a question's saliences do not have its video's K values")
+    arow = _read(f, "aliases/video_row")
+    if np.any(arow < 0) or np.any(arow >= rows["videos"]):
+        raise schema.SchemaError("aliases/video_row points outside the videos table")
+    return int(failed.sum())
+
+
+def check_shard_values(f: h5py.File, rows: dict[str, int]) -> int:
+    """Check every value of a shard whose structure is known good. Raises SchemaError.
+
+    The tables (check_shard_tables), then finiteness, salience ranges and Σprior = 1. Reading
+    the checksummed datasets also makes HDF5 verify their fletcher32 checksums.
+
+    Returns:
+        The number of failed videos.
+    """
+    failed = check_shard_tables(f, rows)
+    for name in ("frames/timestamp", "frames/embedding", "questions/text_embedding",
+                 "videos/fps", "videos/duration"):
+        if not np.isfinite(_read(f, name)).all():
+            raise schema.SchemaError(f"{name} contains NaN or inf")
     for name in ("uniform", "scene", "semantic", "semantic_raw", "prior"):
         arr = _read(f, f"qframes/{name}")
         if not np.isfinite(arr).all():
@@ -114,6 +132,7 @@ def check_shard_values(f: h5py.File, rows: dict[str, int]) -> int:
     prior = _read(f, "qframes/prior")
     if prior.size and prior.min() < 0:
         raise schema.SchemaError("qframes/prior has negative values")
+    qo = _read(f, "questions/frame_offset")
     if qo.shape[0] > 1:
         sums = np.add.reduceat(prior.astype(np.float64), qo[:-1]) if prior.size else np.zeros(0)
         bad = np.flatnonzero(np.abs(sums - 1) > ATOL)
@@ -121,10 +140,7 @@ def check_shard_values(f: h5py.File, rows: dict[str, int]) -> int:
             qid = _read(f, "questions/question_id", as_str=True)[int(bad[0])]
             raise schema.SchemaError(f"{bad.size} priors do not sum to 1 within {ATOL} (first: "
                                      f"question {qid!r}, sum {sums[bad[0]]!r})")
-    arow = _read(f, "aliases/video_row")
-    if np.any(arow < 0) or np.any(arow >= rows["videos"]):
-        raise schema.SchemaError("aliases/video_row points outside the videos table")
-    return int(failed.sum())
+    return failed
 
 
 def _problems(err: Exception, path: str) -> list[Problem]:
