@@ -4,7 +4,7 @@ Selection: every registered strategy (and the re-fused `prior-topn@cfr-novelty`)
 K = 512 candidates for synthetic records; microseconds per question, best of 3 rounds. The
 baseline in the same process is `uniform` (arithmetic only), so `select_over_uniform` says what a
 strategy costs beyond the bookkeeping every strategy shares.
-Scorer: the tiny random Qwen2.5-VL (train/tiny.py) scoring option logits for batches of 8
+Scorer: the tiny random Qwen2.5-VL (vlm/tiny.py) scoring option logits for batches of 8
 questions of 8 frames each; samples per second, best of 3.
 
 Last line: `evaluate select_us=<prior-topn µs> scorer_sps=<samples/s>`.
@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from synthetic_cache import make_question, make_video  # noqa: E402
-from videocfr.evaluate.scorer import FrozenScorer, ScoreItem  # noqa: E402
 from videocfr.evaluate.strategies import STRATEGIES, make_strategy, select  # noqa: E402
+from videocfr.vlm.scorer import FrozenScorer, ScoreItem  # noqa: E402
 
 K, N, QUESTIONS = 512, 32, 200
 

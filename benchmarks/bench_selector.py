@@ -2,8 +2,8 @@
 
 Synthetic questions (random unit embeddings, D = 512 as CLIP ViT-B-32) feed the real policy and
 `grpo_step`; the reward is the margin reward of the frozen scorer's tiny random model
-(`evaluate.scorer.FrozenScorer.tiny`) shown random 64x64 frames (no decode, so the scorer's own
-cost is measured). Where evaluate.scorer is not installed the needle reward stands in and the
+(`vlm.scorer.FrozenScorer.tiny`) shown random 64x64 frames (no decode, so the scorer's own
+cost is measured). Where vlm.scorer is not installed the needle reward stands in and the
 output says `reward=needle` (then reward_share is near zero and says nothing about a VLM).
 
     step_ms            median wall time of one GRPO step (rollout + reward + update)
@@ -30,15 +30,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from videocfr.train.selector.grpo import grpo_step  # noqa: E402
-from videocfr.train.selector.policy import FrameSelector, PolicyConfig  # noqa: E402
-from videocfr.train.selector.synthetic import NeedleReward, needle_set  # noqa: E402
+from videocfr.selector.grpo import grpo_step  # noqa: E402
+from videocfr.selector.policy import FrameSelector, PolicyConfig  # noqa: E402
+from videocfr.selector.synthetic import NeedleReward, needle_set  # noqa: E402
 
 
 def make_reward(args, data):
     """(callable positions -> rewards, name): the tiny scorer's margin, or the needle reward."""
     try:
-        from videocfr.evaluate.scorer import FrozenScorer, ScoreItem
+        from videocfr.vlm.scorer import FrozenScorer, ScoreItem
     except ImportError:
         return NeedleReward(data.needles, args.samples), "needle"
     scorer = FrozenScorer.tiny(seed=0)

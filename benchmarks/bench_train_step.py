@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beta", type=float, default=0.04)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--size", choices=("tiny", "2b"), default="tiny",
-                        help="random model shape (train.tiny.SHAPES)")
+                        help="random model shape (vlm.tiny.SHAPES)")
     parser.add_argument("--workers", type=int, default=0,
                         help="data.num_workers: decode the next prompts during a step")
     args = parser.parse_args(argv)

@@ -22,9 +22,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from videocfr.train.selector.grpo import grpo_step  # noqa: E402
-from videocfr.train.selector.policy import FrameSelector, PolicyConfig  # noqa: E402
-from videocfr.train.selector.synthetic import NeedleReward, hit_rate, needle_set  # noqa: E402
+from videocfr.selector.grpo import grpo_step  # noqa: E402
+from videocfr.selector.policy import FrameSelector, PolicyConfig  # noqa: E402
+from videocfr.selector.synthetic import NeedleReward, hit_rate, needle_set  # noqa: E402
 
 
 def main() -> None:

@@ -27,11 +27,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from videocfr.train.selector.config import SelectorDataConfig  # noqa: E402
-from videocfr.train.selector.data import load_samples, make_batch, step_questions  # noqa: E402
-from videocfr.train.selector.grpo import curriculum_budget, grpo_step  # noqa: E402
-from videocfr.train.selector.policy import FrameSelector, PolicyConfig  # noqa: E402
-from videocfr.train.selector.rewards import NeedleReward  # noqa: E402
+from videocfr.selector.config import SelectorDataConfig  # noqa: E402
+from videocfr.selector.data import load_samples, make_batch, step_questions  # noqa: E402
+from videocfr.selector.grpo import curriculum_budget, grpo_step  # noqa: E402
+from videocfr.selector.policy import FrameSelector, PolicyConfig  # noqa: E402
+from videocfr.selector.rewards import NeedleReward  # noqa: E402
 
 SOURCES = (("bikes.mp4", 250), ("bigbuckbunny.mp4", 132), ("carphone_pristine.mp4", 120))
 

@@ -1,12 +1,13 @@
 """`videocfr cache ...`: inspect, verify, merge and share prior caches (core install only).
 
-The umbrella `videocfr` command (videocfr/cli.py) hands `cache` subcommands to `cache_main`.
+The umbrella `videocfr` command (videocfr/cli.py) hands `cache` subcommands to `cache_main`,
+with the two functions that need a stage: the cache's CLIP text tower (`search`) and the plot of
+one video (`plot`). This package never imports a stage.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
@@ -137,16 +138,10 @@ def _search(args) -> int:
 
     cache = Cache(args.cache)
     index = FrameIndex.load(cache)  # check the index before loading a model
-    # The query text is embedded with the cache's own CLIP model. Models are resolved in one
-    # place, precompute/clip.py, so the text tower comes from the precompute package (imported
-    # only here, like the stages above); cache_format itself never imports it.
-    try:
-        cache_model = importlib.import_module("videocfr.precompute.cache_model")
-    except ModuleNotFoundError as err:
-        raise CacheError(f"`videocfr cache search` embeds the query with the cache's CLIP model "
-                         f"and needs the 'precompute' extra ({err}): pip install -e "
-                         f"'.[precompute]'") from None
-    embedder = cache_model.cache_embedder(cache, device=args.device, checkpoint=args.checkpoint)
+    # The query text is embedded with the cache's own CLIP model, which the precompute stage
+    # resolves; the umbrella command passes it in (args.embedder).
+    embedder = _wired(args, "embedder", "search")(cache, device=args.device,
+                                                 checkpoint=args.checkpoint)
     hits = index.search(embedder.embed_texts([args.text]), top=args.top, nprobe=args.nprobe)[0]
     rows = [{"rank": r + 1, "video_id": h.video_id, "frame_index": h.frame_index,
              "time": h.time, "score": h.score} for r, h in enumerate(hits)]
@@ -161,15 +156,19 @@ def _search(args) -> int:
 
 
 def _plot(args) -> int:
-    try:  # matplotlib and the frame decoder belong to the evaluate extra, imported only here
-        plots = importlib.import_module("videocfr.evaluate.plots")
-    except ModuleNotFoundError as err:
-        raise CacheError(f"`videocfr cache plot` needs the 'evaluate' extra ({err}): pip "
-                         f"install -e '.[evaluate]'") from None
-    out = plots.plot_video(Cache(args.cache), args.video_id, args.output, args.question,
-                           args.video_root)
+    plot = _wired(args, "plot", "plot")  # matplotlib and the frame decoder: the evaluate stage
+    out = plot(Cache(args.cache), args.video_id, args.output, args.question, args.video_root)
     print(f"wrote {out}")
     return 0
+
+
+def _wired(args, name: str, command: str):
+    """A stage's function the umbrella command passed to cache_main (see the module doc)."""
+    fn = getattr(args, name, None)
+    if fn is None:
+        raise CacheError(f"`cache {command}` needs a stage of videocfr; run it as "
+                         f"`videocfr cache {command} ...`")
+    return fn
 
 
 def cache_parser() -> argparse.ArgumentParser:
@@ -233,8 +232,17 @@ def cache_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cache_main(argv: list[str]) -> int:
+def cache_main(argv: list[str], *, embedder=None, plot=None) -> int:
+    """`videocfr cache ...`; returns the exit status.
+
+    Args:
+        argv: the arguments after `cache`.
+        embedder: (cache, device=, checkpoint=) -> an object with `embed_texts(list[str])`
+            returning float32 [n, D] (`search` needs it; the umbrella command passes it).
+        plot: (cache, video_id, output, question, video_root) -> the PNG path written (`plot`).
+    """
     args = cache_parser().parse_args(argv)
+    args.embedder, args.plot = embedder, plot
     try:
         return args.func(args)
     except (CacheError, KeyError, ValueError, FileNotFoundError) as err:

@@ -2,12 +2,12 @@
 
 For one question shown n chosen frames, the frozen model answers (greedy, the trainer's Video-R1
 prompt); one forward over prompt + answer with hidden states gives its frame usage α over the
-n/2 temporal groups (train/alpha.py, the trainer's own code: same τ_α, same max-pooled group
+n/2 temporal groups (vlm/alpha.py, the trainer's own code: same τ_α, same max-pooled group
 features). Reported per question:
 
 - `alpha_entropy`: the entropy of α in nats (0: one group; log(n/2): spread evenly);
 - `r_cov`: Σ_g p_g α_g with p the cached consensus prior restricted to the shown frames and
-  renormalised (train.rewards.coverage, the CF reward's alignment term).
+  renormalised (vlm.coverage.coverage, the CF reward's alignment term).
 
 Prior mass on ground-truth frames is V-NIAH's (evaluate/vniah/run.py).
 """
@@ -15,8 +15,7 @@ Prior mass on ground-truth frames is V-NIAH's (evaluate/vniah/run.py).
 from __future__ import annotations
 
 import numpy as np
-
-from .scorer import FrozenScorer, ScoreItem, _even_frames
+from videocfr.vlm.scorer import FrozenScorer, ScoreItem, _even_frames
 
 
 def shown_prior(prior: np.ndarray, positions: np.ndarray, padded: bool) -> np.ndarray:
@@ -44,9 +43,9 @@ def focus(scorer: FrozenScorer, item: ScoreItem, prior: np.ndarray, positions: n
         {"alpha_entropy", "r_cov", "answer_tokens"}; nan values when the answer is empty.
     """
     import torch
-    from videocfr.train.alpha import alpha_entropy, frame_usage, group_prior, video_group_spans
-    from videocfr.train.data import build_prompt, problem_type_of
-    from videocfr.train.rewards import coverage
+    from videocfr.vlm.alpha import alpha_entropy, frame_usage, group_prior, video_group_spans
+    from videocfr.vlm.coverage import coverage
+    from videocfr.vlm.prompts import build_prompt, problem_type_of
 
     prompt = build_prompt(item.question, item.options,
                           problem_type_of(item.problem_type, item.options))

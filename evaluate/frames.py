@@ -15,7 +15,7 @@ from videocfr.cache_format import Cache, VideoRecord
 def video_root(cache: Cache, override: str | Path | None = None) -> Path:
     """Where the cache's video paths are relative to (the trainer's rule: override, recorded
     root, else the current directory)."""
-    from videocfr.train.data import resolve_video_root
+    from videocfr.vlm.video import resolve_video_root
 
     return resolve_video_root(cache, None if override is None else str(override))
 
@@ -28,12 +28,12 @@ def load_frames(root: str | Path, video: VideoRecord, positions: np.ndarray,
         root: the video root (`video_root`).
         video: the cached record (status ok).
         positions: int64 [n] sorted candidate positions (a strategy's output).
-        method: train.video.read_frames's decode method.
+        method: vlm.video.read_frames's decode method.
 
     Returns:
         (uint8 [n, H, W, 3] frames, float64 [n] timestamps in seconds).
     """
-    from videocfr.train.video import read_frames
+    from videocfr.vlm.video import read_frames
 
     if not video.ok:
         raise ValueError(f"video {video.video_id!r} failed in precompute ({video.error}); it has "

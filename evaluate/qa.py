@@ -32,10 +32,10 @@ import numpy as np
 from tqdm import tqdm
 from videocfr.cache_format import Cache, CacheError
 from videocfr.cache_format.keys import is_image_record, video_r1_key
+from videocfr.vlm.scorer import FrozenScorer, ScoreItem
 
 from .focus import focus
 from .frames import load_frames, video_root
-from .scorer import FrozenScorer, ScoreItem
 from .strategies import make_strategy, select
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class EvalRecord:
 
 def read_eval(path: str | Path) -> tuple[list[EvalRecord], dict[str, list[str]]]:
     """Records of an eval file, and the items skipped by reason (image records, malformed)."""
-    from videocfr.train.rewards import parse_solution
+    from videocfr.vlm.answers import parse_solution
 
     path = Path(path)
     text = path.read_text(encoding="utf-8")

@@ -122,10 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (see the module docstring: 0, 1, 2, 3, 130, 143)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["margins"]:  # ReFoCUS's data filter: a job of the selector trainer
-        from videocfr.train.selector.margins import main as margins_main  # noqa: PLC0415
-
-        return margins_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

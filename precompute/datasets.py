@@ -36,7 +36,7 @@ NATIVE_REQUIRED = ("video_id", "video", "question_id", "question", "answer")
 VIDEO_R1_REQUIRED = ("problem_id", "problem", "solution", "path")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _ANSWER = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.S)
-# The answer types the trainer's rewards score (train.rewards.PROBLEM_TYPES).
+# The answer types the trainer's rewards score (vlm.prompts.PROBLEM_TYPES).
 PROBLEM_TYPES = ("multiple choice", "numerical", "OCR", "free-form", "regression")
 
 

@@ -7,13 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from videocfr.train.alpha import (
+from videocfr.vlm.alpha import (
     alpha_entropy,
-    check_aligned,
     frame_usage,
     group_prior,
     video_group_spans,
 )
+from videocfr.vlm.coverage import check_aligned
 
 VIDEO_ID = 7
 
@@ -139,7 +139,7 @@ def test_alpha_entropy():
 
 @pytest.fixture(scope="module")
 def tiny():
-    from videocfr.train.tiny import tiny_model_and_processor
+    from videocfr.vlm.tiny import tiny_model_and_processor
 
     return tiny_model_and_processor(seed=0)
 

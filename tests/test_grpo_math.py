@@ -126,7 +126,7 @@ def test_loss_errors():
 
 def test_two_updates_on_the_tiny_model_ratio_not_one():
     """Old log-probs from the sampling policy, one optimiser step, then a second update: ρ ≠ 1."""
-    from videocfr.train.tiny import tiny_qwen2_5_vl
+    from videocfr.vlm.tiny import tiny_qwen2_5_vl
 
     model = tiny_qwen2_5_vl(seed=0).train()
     g = torch.Generator().manual_seed(0)

@@ -12,7 +12,8 @@ differs from Video-R1 are in DEVIATIONS, with both values.
 from __future__ import annotations
 
 import pytest
-from videocfr.train.rewards import AccuracyReward, answer_accuracy, extract_answer
+from videocfr.train.rewards import AccuracyReward
+from videocfr.vlm.answers import answer_accuracy, extract_answer
 
 OPTIONS = ["A. a cat", "B. a dog", "C. a car", "D. nothing"]
 MC, NUM, OCR, FF, REG = "multiple choice", "numerical", "OCR", "free-form", "regression"

@@ -8,16 +8,9 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from videocfr.train.rewards import (
-    AccuracyReward,
-    ConsensusFrameReward,
-    FormatReward,
-    answer_accuracy,
-    coverage,
-    extract_answer,
-    js_divergence,
-    word_error_rate,
-)
+from videocfr.train.rewards import AccuracyReward, ConsensusFrameReward, FormatReward
+from videocfr.vlm.answers import answer_accuracy, extract_answer, word_error_rate
+from videocfr.vlm.coverage import coverage, js_divergence
 
 
 def _c(answer: str) -> str:

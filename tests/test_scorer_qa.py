@@ -9,7 +9,7 @@ import pytest
 import videos as clips
 from synthetic_cache import make_cache
 from videocfr.evaluate.qa import bootstrap_ci, main, read_eval
-from videocfr.evaluate.scorer import FrozenScorer, ScoreItem
+from videocfr.vlm.scorer import FrozenScorer, ScoreItem
 
 
 @pytest.fixture(scope="module")
@@ -107,17 +107,17 @@ def test_qa_end_to_end_resumable(tmp_path, capsys):
 
 
 def test_cache_plot_writes_a_png(tmp_path):
-    from videocfr.cache_format.cli import cache_main
+    from videocfr.cli import main
 
     videos = tmp_path / "videos"
     videos.mkdir()
     clips.colour_segments(videos, [100], 250, size=(64, 48), name="vid000.mp4")
     make_cache(tmp_path / "c", n_videos=1, n_questions=1, k=8, n_failed=1)
     out = tmp_path / "p.png"
-    assert cache_main(["plot", str(tmp_path / "c"), "vid000", "--video-root", str(tmp_path),
-                       "-o", str(out)]) == 0
+    assert main(["cache", "plot", str(tmp_path / "c"), "vid000", "--video-root", str(tmp_path),
+                 "-o", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
-    assert cache_main(["plot", str(tmp_path / "c"), "bad000", "-o", str(out)]) == 2
+    assert main(["cache", "plot", str(tmp_path / "c"), "bad000", "-o", str(out)]) == 2
 
 
 def test_qa_focus_reports_alpha_entropy_and_r_cov(scorer, tmp_path):

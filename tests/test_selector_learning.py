@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from videocfr.train.selector.grpo import grpo_step
-from videocfr.train.selector.policy import FrameSelector, PolicyConfig
-from videocfr.train.selector.synthetic import NeedleReward, hit_rate, needle_set
+from videocfr.selector.grpo import grpo_step
+from videocfr.selector.policy import FrameSelector, PolicyConfig
+from videocfr.selector.synthetic import NeedleReward, hit_rate, needle_set
 
 D, K, N_PICK, GROUP, BATCH = 16, 32, 4, 8, 16
 

@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from videocfr.train.selector.grpo import curriculum_budget
-from videocfr.train.selector.policy import FrameSelector, PolicyConfig, collate
+from videocfr.selector.grpo import curriculum_budget
+from videocfr.selector.policy import FrameSelector, PolicyConfig, collate
 
 
 @pytest.fixture(autouse=True)
@@ -116,8 +116,8 @@ def test_selector_repeats_encode_once_with_the_same_result():
 
 def test_selector_grpo_step_with_several_updates_and_none_rewards():
     """Later updates see ρ != 1 (clipping applies); a group with a None reward is left out."""
-    from videocfr.train.selector.grpo import grpo_step
-    from videocfr.train.selector.synthetic import needle_set
+    from videocfr.selector.grpo import grpo_step
+    from videocfr.selector.synthetic import needle_set
 
     policy = _policy(dim=8)
     policy.train()

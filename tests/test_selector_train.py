@@ -21,11 +21,11 @@ from videocfr.cache_format import (
     finalize_cache,
 )
 from videocfr.cache_format.verify import verify_cache
+from videocfr.selector import margins as margins_mod
+from videocfr.selector.checkpoint import load_policy
+from videocfr.selector.config import load_selector_config
+from videocfr.selector.trainer import train
 from videocfr.train.metrics import read_metrics
-from videocfr.train.selector import margins as margins_mod
-from videocfr.train.selector.checkpoint import load_policy
-from videocfr.train.selector.config import load_selector_config
-from videocfr.train.selector.trainer import train
 
 DIM = 16
 
@@ -76,9 +76,9 @@ def cache(tmp_path):
 
 
 def test_selector_train_cli_routes_and_follows_the_curriculum(tmp_path, cache):
-    from videocfr.train.cli import main
+    from videocfr.cli import main
 
-    assert main(["--config", str(_config(tmp_path, *cache))]) == 0
+    assert main(["train", "--config", str(_config(tmp_path, *cache))]) == 0
     rows = read_metrics(tmp_path / "run")
     assert rows[0]["data_questions"] == 8 and rows[0]["data_failed_videos"] == 1
     steps = {r["step"]: r for r in rows[1:]}
@@ -169,7 +169,7 @@ def test_selector_margins_part_is_read_as_hostile_input(tmp_path, cache, damage)
 
 def test_selector_refocus_strategy_and_select_cli(tmp_path, cache):
     from videocfr.evaluate import strategies
-    from videocfr.train.selector.select import load_refocus_strategy
+    from videocfr.selector.select import load_refocus_strategy
 
     from videocfr.cli import main as videocfr
 
@@ -183,7 +183,7 @@ def test_selector_refocus_strategy_and_select_cli(tmp_path, cache):
     load_refocus_strategy(tmp_path / "run")  # reloading replaces its own registration
     import argparse
 
-    from videocfr.train.selector.select import add_refocus_argument, apply_refocus_argument
+    from videocfr.selector.select import add_refocus_argument, apply_refocus_argument
 
     parser = argparse.ArgumentParser()
     add_refocus_argument(parser)
@@ -197,7 +197,7 @@ def test_selector_refocus_strategy_and_select_cli(tmp_path, cache):
         assert f["positions"].shape == (6, 6)  # the K = 4 video's questions skipped
         v0 = list(f["video_id"].asstr()[()]).index("v0")
         assert set(f["frame_indices"][v0]) <= set(c.video("v0").frame_indices.tolist())
-    from videocfr.train.selector.select import load_selections
+    from videocfr.selector.select import load_selections
 
     sel = load_selections(cache_dir, "refocus-n6")
     assert len(sel) == 6 and all(v.shape == (6,) for v in sel.values())
@@ -213,7 +213,7 @@ def test_selector_refocus_strategy_and_select_cli(tmp_path, cache):
 
 
 def test_selector_checkpoint_of_another_architecture_is_refused(tmp_path, cache):
-    from videocfr.train.selector.select import load_refocus_strategy
+    from videocfr.selector.select import load_refocus_strategy
 
     cache_dir, ann = cache
     train(load_selector_config(_config(tmp_path, cache_dir, ann), ["run.max_steps=1"]))
@@ -230,9 +230,9 @@ def test_selector_checkpoint_of_another_architecture_is_refused(tmp_path, cache)
 
 
 def test_selector_margin_reward_uses_the_frozen_scorer(cache):
-    from videocfr.evaluate import scorer as scorer_mod
-    from videocfr.train.selector.data import SelectorSample, relative_times
-    from videocfr.train.selector.rewards import MarginReward
+    from videocfr.selector.data import SelectorSample, relative_times
+    from videocfr.selector.rewards import MarginReward
+    from videocfr.vlm import scorer as scorer_mod
 
     c = Cache(cache[0])
     video = c.video("v0")
@@ -268,13 +268,13 @@ def test_selector_config_errors_name_the_fix(tmp_path, cache):
 
 
 def test_selector_margins_cli_dispatch(tmp_path, cache, capsys):
-    from videocfr.precompute.cli import main
+    from videocfr.cli import main
 
-    assert main(["margins", "--cache", str(cache[0]), "--tiny-scorer", "--finalize",
-                 "--num-shards", "2"]) == 0
+    assert main(["precompute", "margins", "--cache", str(cache[0]), "--tiny-scorer",
+                 "--finalize", "--num-shards", "2"]) == 0
     assert "parts still missing" in capsys.readouterr().out
-    assert main(["margins", "--cache", str(cache[0]), "--tiny-scorer", "--num-shards", "2",
-                 "--shard-index", "2"]) == 2
+    assert main(["precompute", "margins", "--cache", str(cache[0]), "--tiny-scorer",
+                 "--num-shards", "2", "--shard-index", "2"]) == 2
     assert "--shard-index 2" in capsys.readouterr().err
 
 
@@ -282,8 +282,8 @@ def test_selector_margin_reward_logic_with_a_stub_scorer(cache):
     """tanh(m/2) per row, scorer batches of batch_size, None (counted) for rows it cannot score."""
     from dataclasses import dataclass
 
-    from videocfr.train.selector.data import SelectorSample, relative_times
-    from videocfr.train.selector.rewards import MarginReward
+    from videocfr.selector.data import SelectorSample, relative_times
+    from videocfr.selector.rewards import MarginReward
 
     @dataclass
     class Item:

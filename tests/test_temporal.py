@@ -174,7 +174,7 @@ def _stub_trainer(data, tmp_path, monkeypatch, right_when_ordered: bool):
     shuffled) frames; the real generate still makes the token sequences."""
     from videocfr.train import trainer as trainer_mod
     from videocfr.train.data import CacheSamples, process
-    from videocfr.train.tiny import tiny_processor
+    from videocfr.vlm.tiny import tiny_processor
 
     sample0 = CacheSamples(data["cache"], str(data["videos"]))[0]
     ordered_pixels = process(tiny_processor(), [sample0])["pixel_values_videos"]

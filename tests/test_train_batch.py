@@ -22,7 +22,7 @@ from videocfr.train.config import TrainConfig
 from videocfr.train.data import CacheSamples, batch_indices
 from videocfr.train.loader import MicroBatches, batch_loader
 from videocfr.train.metrics import read_metrics
-from videocfr.train.tiny import tiny_processor
+from videocfr.vlm.tiny import tiny_processor
 from videos import segment_frames, write_clip
 
 NUM_FILE_FRAMES = 250

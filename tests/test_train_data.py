@@ -18,11 +18,10 @@ from videocfr.train.data import (
     CacheSamples,
     Sample,
     batch_indices,
-    build_prompt,
-    problem_type_of,
     process,
 )
-from videocfr.train.video import read_frames
+from videocfr.vlm.prompts import build_prompt, problem_type_of
+from videocfr.vlm.video import read_frames
 from videos import segment_frames, write_clip
 
 NUM_FILE_FRAMES = 250  # synthetic_cache's videos: 10 s at 25 fps
@@ -57,7 +56,7 @@ def train_cache(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def processor():
-    from videocfr.train.tiny import tiny_processor
+    from videocfr.vlm.tiny import tiny_processor
 
     return tiny_processor()
 
@@ -121,7 +120,7 @@ def test_odd_k_is_an_error(processor):
 
 
 def test_wrong_temporal_patch_is_an_error():
-    from videocfr.train.tiny import tiny_processor
+    from videocfr.vlm.tiny import tiny_processor
 
     proc = tiny_processor()
     proc.video_processor.temporal_patch_size = 1  # one frame per group: t = K, not K/2
@@ -217,8 +216,8 @@ def test_checked_questions_reject_unknown_types_and_empty_answers(tmp_path):
 
 def test_problem_types_agree_across_stages():
     from videocfr.precompute.datasets import PROBLEM_TYPES as precompute_types
-    from videocfr.train.data import PROBLEM_TYPES as data_types
-    from videocfr.train.rewards import PROBLEM_TYPES as reward_types
+    from videocfr.vlm.answers import PROBLEM_TYPES as reward_types
+    from videocfr.vlm.prompts import PROBLEM_TYPES as data_types
 
     assert precompute_types == data_types == reward_types
 

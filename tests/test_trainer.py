@@ -21,7 +21,7 @@ from videocfr.train import trainer as trainer_mod
 from videocfr.train.cli import main as cli_main
 from videocfr.train.config import TrainConfig
 from videocfr.train.metrics import read_metrics
-from videocfr.train.tiny import tiny_qwen2_5_vl
+from videocfr.vlm.tiny import tiny_qwen2_5_vl
 
 G = 3
 

@@ -24,7 +24,7 @@ import pytest
 import torch
 from test_train_data import make_train_cache
 from videocfr.train.metrics import read_metrics
-from videocfr.train.tiny import tiny_qwen2_5_vl
+from videocfr.vlm.tiny import tiny_qwen2_5_vl
 
 REPO = Path(__file__).resolve().parents[1]
 

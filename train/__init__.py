@@ -1,13 +1,14 @@
-"""CF-GRPO trainer (VideoCFR) and the ReFoCUS frame-selection trainer.
+"""CF-GRPO trainer (VideoCFR): rewards, GRPO, the DeepSpeed step.
 
 Math core (METHOD.md §4-6), importable without a model or a GPU:
 
-- `train.alpha`: the model's frame usage α from the policy forward pass's hidden states.
-- `train.rewards`: Video-R1 accuracy / format rewards and the consensus-frame (CF) reward.
+- `train.rewards`: the accuracy / format rewards (scored by `vlm.answers`) and the
+  consensus-frame (CF) reward (α from `vlm.alpha`, r_cov from `vlm.coverage`).
 - `train.temporal`: T-GRPO's temporal rule and the length reward (docs/rewards.md).
 - `train.grpo`: group-normalised advantages and the token-level clipped GRPO loss
   (`loss_type` sequence | token).
-- `train.tiny`: a tiny random Qwen2.5-VL model and an offline processor (tests, `make train` tiny).
 
-Submodules are not imported here so that `import train` stays cheap (no torch/transformers).
+The video-LLM protocol it shares with evaluation (prompts, answers, frames at cached indices,
+tiny models) is `videocfr.vlm`; the ReFoCUS selector trainer is its own stage,
+`videocfr.selector`. Submodules are not imported here so that `import train` stays cheap.
 """

@@ -32,10 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config_args(argv: list[str]) -> list[str]:
-    """The value(s) given to --config (`--config X` or `--config=X`)."""
-    return [b for a, b in zip(argv, argv[1:]) if a == "--config"] + [
-        a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+def _selector_config(path: str) -> bool:
+    """True for a `trainer: selector` YAML (the umbrella `videocfr train` routes those)."""
+    import yaml  # noqa: PLC0415
+
+    try:
+        data = yaml.safe_load(open(path).read())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and data.get("trainer") == "selector"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,13 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         0 on success, 2 on a configuration or input error (the message says how to fix it).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    from .selector.config import is_selector_config  # noqa: PLC0415
-
-    if any(is_selector_config(a) for a in _config_args(argv)):  # `trainer: selector` YAMLs
-        from .selector.cli import main as selector_main  # noqa: PLC0415
-
-        return selector_main(argv)
     args = build_parser().parse_args(argv)
+    if _selector_config(args.config):
+        print(f"videocfr train: {args.config} is a ReFoCUS selector config (trainer: selector); "
+              f"run it with `videocfr train --config {args.config}`", file=sys.stderr)
+        return 2
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s "

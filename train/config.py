@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from videocfr.vlm.answers import ANSWER_MODES
+from videocfr.vlm.coverage import ALIGNMENTS
 
 GATES = ("soft", "hard", "none")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 TINY_SHAPES = ("tiny", "2b")
-ALIGNMENTS = ("dot", "js")
 DECODE_METHODS = ("auto", "sequential", "seek")
 LOSS_TYPES = ("sequence", "token")
-ANSWER_MODES = ("video-r1", "lenient")
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Training samples: the (video, question) pairs of a precompute cache, with Video-R1 prompts.
 
-A sample's frames are the cache's sampled frames, decoded by their stored indices (train.video),
+A sample's frames are the cache's sampled frames, decoded by their stored indices (vlm.video),
 so the prior's frame k is the model's frame k. The processor must turn K frames into K/2
 temporal groups (Qwen2.5-VL merges two consecutive frames); anything else is an error.
 
@@ -18,65 +18,10 @@ from typing import Any
 
 import numpy as np
 from videocfr.cache_format import Cache, CacheError
-
-from .video import read_frames
+from videocfr.vlm.prompts import build_prompt, chat_messages, problem_type_of, question_problem
+from videocfr.vlm.video import read_frames, resolve_video_root
 
 log = logging.getLogger(__name__)
-
-# Video-R1's prompt scheme, in our own words: think inside <think>, answer inside <answer>,
-# and an instruction per answer type saying what goes between the answer tags.
-QUESTION_TEMPLATE = (
-    "{question}\n"
-    "Think the question through carefully, step by step, as a person would: you may question "
-    "your first impressions, look again at the video and check your reasoning. "
-    "Put your reasoning between the <think> </think> tags, then your final answer between the "
-    "<answer> </answer> tags."
-)
-TYPE_TEMPLATES = {
-    "multiple choice": " Please provide only the single option letter (e.g., A, B, C, D, etc.) "
-                       "within the <answer> </answer> tags.",
-    "numerical": " Please provide only the numerical value (e.g., 42 or 3.14) within the "
-                 "<answer> </answer> tags.",
-    "OCR": " Please transcribe the text shown in the video and provide it within the "
-           "<answer> </answer> tags.",
-    "free-form": " Please provide your answer in text within the <answer> </answer> tags.",
-    "regression": " Please provide only the numerical value (e.g., 42 or 3.14) within the "
-                  "<answer> </answer> tags.",
-}
-PROBLEM_TYPES = tuple(TYPE_TEMPLATES)
-
-
-def problem_type_of(problem_type: str, options: list[str]) -> str:
-    """The Video-R1 answer type of a question; an empty type is inferred from the options."""
-    if not problem_type:
-        return "multiple choice" if options else "free-form"
-    if not isinstance(problem_type, str) or problem_type not in TYPE_TEMPLATES:
-        raise ValueError(f"problem_type {problem_type!r} unknown; the trainer knows "
-                         f"{list(PROBLEM_TYPES)} (Video-R1 types)")
-    return problem_type
-
-
-def build_prompt(question: str, options: list[str], problem_type: str) -> str:
-    """The user text of a sample (the video goes before it in the chat message).
-
-    Args:
-        question: the question text.
-        options: answer options like "A. a cat" (multiple choice), else empty.
-        problem_type: one of PROBLEM_TYPES.
-
-    Returns:
-        str: question (+ options) + the think/answer instruction + the type's answer format.
-    """
-    body = question.strip()
-    if problem_type == "multiple choice" and options:
-        body += "\nOptions:\n" + "\n".join(options)
-    return QUESTION_TEMPLATE.format(question=body) + TYPE_TEMPLATES[problem_type]
-
-
-def chat_messages(prompt: str) -> list[dict[str, Any]]:
-    """One user turn: the video, then the prompt text (Qwen2.5-VL chat format)."""
-    return [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
-
 
 @dataclass
 class Sample:
@@ -108,25 +53,6 @@ class Sample:
     @property
     def key(self) -> tuple[str, str]:
         return (self.video_id, self.question_id)
-
-
-def resolve_video_root(cache: Cache, override: str | None) -> Path:
-    """Directory the cache's video paths are relative to.
-
-    Args:
-        cache: the opened cache.
-        override: data.video_root from the train config (wins when set).
-
-    Returns:
-        Path: the override, else the `video_root` the precompute config recorded, else ".".
-    """
-    if override is not None:
-        return Path(override)
-    config = cache.config or {}
-    for holder in (config, config.get("dataset") or {}, config.get("data") or {}):
-        if isinstance(holder, dict) and holder.get("video_root"):
-            return Path(holder["video_root"])
-    return Path(".")
 
 
 class CacheSamples:
@@ -178,17 +104,6 @@ class CacheSamples:
                       answer=question.answer, problem_type=problem_type, frames=frames,
                       frame_indices=video.frame_indices, fps=float(video.fps),
                       num_frames=int(video.num_frames), options=list(question.options))
-
-
-def question_problem(problem_type: str, options: list[str], answer: str) -> str | None:
-    """Why a question cannot be trained on (unknown type, empty answer), or None when it can."""
-    try:
-        problem_type_of(problem_type, options)
-    except ValueError as err:
-        return str(err)
-    if not str(answer).strip():
-        return "its answer (solution) is empty"
-    return None
 
 
 def check_questions(cache: Cache, keys: list[tuple[str, str]]) -> None:

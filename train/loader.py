@@ -1,6 +1,6 @@
 """Micro-batches of a run, decoded and processed ahead of the step that trains on them.
 
-Decoding a sample's cached frames (train.video) and running the video processor are CPU work:
+Decoding a sample's cached frames (vlm.video) and running the video processor are CPU work:
 a 3.2-min 720p video costs seconds of decode. Inside the step that is time the accelerator sits
 idle, so a torch DataLoader with `data.num_workers` processes prepares the next micro-batches
 (`data.prefetch_factor` each) while the current one trains. With 0 workers the same code runs

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 from videocfr.cache_format import PriorTable
+from videocfr.vlm.alpha import alpha_entropy, frame_usage, video_group_spans
 
-from .alpha import alpha_entropy, frame_usage, video_group_spans
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
 from .data import Sample, process

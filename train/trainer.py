@@ -113,7 +113,7 @@ def load_policy(cfg: TrainConfig):
     """The policy model (train mode) and its processor, from a checkpoint path or tiny."""
     dtype = torch.bfloat16 if cfg.model.bf16 else torch.float32
     if cfg.model.tiny:
-        from .tiny import tiny_model_and_processor  # noqa: PLC0415
+        from videocfr.vlm.tiny import tiny_model_and_processor  # noqa: PLC0415
 
         model, processor = tiny_model_and_processor(cfg.model.tiny_seed, cfg.model.tiny_shape)
         model = model.to(dtype)

@@ -1,9 +1,10 @@
 """videocfr: consensus frame priors for video-LLM reinforcement learning.
 
-The installed distribution owns only this top-level name. Its stages are the subpackages
-`videocfr.cache_format`, `videocfr.precompute`, `videocfr.train` and `videocfr.evaluate`; in the
-source tree they are the top-level folders beside this one (setup.cfg maps them with
-`package_dir`), so a checkout imports the same way without being installed.
+The installed distribution owns only this top-level name. Its parts are the subpackages
+`videocfr.cache_format`, `videocfr.vlm`, `videocfr.precompute`, `videocfr.train`,
+`videocfr.evaluate` and `videocfr.selector`; in the source tree they are the top-level folders
+beside this one (setup.cfg maps them with `package_dir`), so a checkout imports the same way
+without being installed.
 """
 
 from pathlib import Path as _Path

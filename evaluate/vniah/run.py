@@ -70,7 +70,7 @@ def score(cache: Cache, needles: list[Needle], strategies: list[str], budgets: l
           ) -> tuple[list[Row], dict[str, list[str]]]:
     """Hit rows for every (haystack, strategy, n), and the items that could not be scored.
 
-    With a scorer (evaluate.scorer.FrozenScorer), the model is also shown the chosen frames
+    With a scorer (vlm.scorer.FrozenScorer), the model is also shown the chosen frames
     (decoded at their cached indices under `video_root`) and `correct` says whether the option
     with the highest logit is the needle's colour.
     """
@@ -110,8 +110,9 @@ def score(cache: Cache, needles: list[Needle], strategies: list[str], budgets: l
 
 
 def _answer(scorer, video, question, pos: np.ndarray, video_root: Path) -> float:
+    from videocfr.vlm.scorer import ScoreItem
+
     from ..frames import load_frames
-    from ..scorer import ScoreItem
 
     frames, ts = load_frames(video_root, video, pos)
     item = ScoreItem(frames, question.question, question.options, question.answer,
@@ -192,7 +193,7 @@ def run(build_dir: str | Path, out: str | Path, *, config: str, strategies: list
         raise CacheError(f"{err}; run without --skip-precompute") from err
     scorer = None
     if model is not None:  # answer accuracy too: the frozen scorer, shown the chosen frames
-        from ..scorer import FrozenScorer
+        from videocfr.vlm.scorer import FrozenScorer
 
         scorer = FrozenScorer.tiny() if model == "tiny" else FrozenScorer.from_pretrained(model)
     rows, problems = score(cache, needles, strategies, budgets, seed, scorer, build_dir)

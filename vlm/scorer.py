@@ -7,10 +7,10 @@ scorer, not two. Two modes:
   letter; the logits z of the option letters' tokens at the next position are read, and the margin
   is m = z_correct − max_other z (ReFoCUS's reward is tanh(m / 2)).
 - `generate`: the trainer's Video-R1 prompt (think, then `<answer>…</answer>`); answers are scored
-  with the trainer's reward functions (`train.rewards`), reused, never copied.
+  with the shared answer protocol (`vlm.answers`), the one the trainer's rewards use.
 
 Frames: uint8 [n, H, W, 3] in temporal order, decoded at their cached frame indices
-(`evaluate.frames`). Qwen2.5-VL merges two consecutive frames into one temporal group, so an odd
+(`vlm.video`). Qwen2.5-VL merges two consecutive frames into one temporal group, so an odd
 n shows the last frame twice (documented, never silent: `ScoreItem.padded`).
 """
 
@@ -143,8 +143,8 @@ class FrozenScorer:
 
     @classmethod
     def tiny(cls, seed: int = 0, **kw) -> FrozenScorer:
-        """The tiny random Qwen2.5-VL of train/tiny.py (tests, CPU smoke runs)."""
-        from videocfr.train.tiny import tiny_model_and_processor
+        """The tiny random Qwen2.5-VL of vlm/tiny.py (tests, CPU smoke runs)."""
+        from .tiny import tiny_model_and_processor
 
         model, processor = tiny_model_and_processor(seed)
         return cls(model, processor, **kw)
@@ -152,7 +152,8 @@ class FrozenScorer:
     # -- inputs --------------------------------------------------------------------------------
     def _batch(self, items: list[ScoreItem], prompts: list[str]):
         from transformers.video_utils import VideoMetadata
-        from videocfr.train.data import chat_messages
+
+        from .prompts import chat_messages
 
         videos, metadata = [], []
         for item in items:
@@ -226,7 +227,8 @@ class FrozenScorer:
     def generate(self, items: list[ScoreItem], max_new_tokens: int = 256) -> list[str]:
         """Greedy answers to the trainer's Video-R1 prompt (think, then <answer>...</answer>)."""
         import torch
-        from videocfr.train.data import build_prompt, problem_type_of
+
+        from .prompts import build_prompt, problem_type_of
 
         texts: list[str] = []
         for start in range(0, len(items), self.batch_size):
@@ -242,8 +244,8 @@ class FrozenScorer:
 
     def generate_scores(self, items: list[ScoreItem], max_new_tokens: int = 256
                         ) -> tuple[list[str], np.ndarray]:
-        """Generated answers and their Video-R1 accuracy (train.rewards.answer_accuracy)."""
-        from videocfr.train.rewards import answer_accuracy, extract_answer
+        """Generated answers and their Video-R1 accuracy (vlm.answers.answer_accuracy)."""
+        from .answers import answer_accuracy, extract_answer
 
         texts = self.generate(items, max_new_tokens)
         acc = np.array([answer_accuracy(extract_answer(t), it.answer, it.problem_type,

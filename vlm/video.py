@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from videocfr.cache_format import Cache
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +81,22 @@ def _sequential(vr, indices: np.ndarray) -> np.ndarray:
         frames.append(vr.next().asnumpy())
         pos += 1
     return np.stack(frames)
+
+
+def resolve_video_root(cache: Cache, override: str | None) -> Path:
+    """Directory the cache's video paths are relative to.
+
+    Args:
+        cache: the opened cache.
+        override: data.video_root from the train config (wins when set).
+
+    Returns:
+        Path: the override, else the `video_root` the precompute config recorded, else ".".
+    """
+    if override is not None:
+        return Path(override)
+    config = cache.config or {}
+    for holder in (config, config.get("dataset") or {}, config.get("data") or {}):
+        if isinstance(holder, dict) and holder.get("video_root"):
+            return Path(holder["video_root"])
+    return Path(".")

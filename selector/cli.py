@@ -2,7 +2,7 @@
 
     videocfr train --config configs/train/refocus_tiny.yaml [--resume] [--output-dir DIR] [k=v]
 
-`train.cli` hands a config with `trainer: selector` to `main` here. Overrides are
+The umbrella `videocfr train` hands a config with `trainer: selector` to `main` here. Overrides are
 `section.key=value` (YAML values): `grpo.batch_size=4 run.max_steps=10`.
 """
 

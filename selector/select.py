@@ -3,7 +3,7 @@
 Strategy: evaluate's registry functions take `(video, question, n, rng)`, so a checkpoint is
 bound first::
 
-    from videocfr.train.selector.select import load_refocus_strategy
+    from videocfr.selector.select import load_refocus_strategy
     load_refocus_strategy("runs/refocus/checkpoints/step-002000")   # registers "refocus"
     evaluate.strategies.select("refocus", video, question, 8, rng)
 

@@ -193,22 +193,6 @@ def group_prior(p: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     return np.asarray(p, dtype=np.float32).reshape(-1, 2).sum(axis=1)
 
 
-def check_aligned(alpha_len: int, prior_len: int, where: str = "") -> None:
-    """Raise if α (over groups) and the grouped prior differ in length (never truncate).
-
-    Args:
-        alpha_len: G from α.
-        prior_len: length of `group_prior(p)` (K/2).
-        where: context for the message (e.g. the sample's key).
-    """
-    if alpha_len != prior_len:
-        raise ValueError(
-            f"frame usage α has {alpha_len} temporal groups but the grouped prior has "
-            f"{prior_len} (K = {2 * prior_len} frames){' for ' + where if where else ''}; the "
-            "trainer must feed the model exactly the K frames the cache sampled"
-        )
-
-
 def alpha_entropy(alpha: torch.Tensor | np.ndarray) -> float:
     """Entropy of α in nats (focus dispersion; 0 = one group, log G = uniform).
 

@@ -5,7 +5,7 @@
 video that cannot be decoded): the trainer drops the question's group and counts it; it is never
 turned into 0. Each reward has a stable `__name__` for metric keys.
 
-- `MarginReward`: METHOD §7 — the frozen reward VLM (`evaluate.scorer.FrozenScorer`, the one
+- `MarginReward`: METHOD §7 — the frozen reward VLM (`vlm.scorer.FrozenScorer`, the one
   scorer of the project) is shown only the chosen frames, decoded at their cached frame indices;
   m = z_answer - max_other z over the option-letter logits; r = tanh(m / 2).
 - `NeedleReward`: 1 when a chosen candidate lies inside the annotated needle frames, else 0.
@@ -44,12 +44,12 @@ def needle_hits(samples: Sequence[SelectorSample], subsets: Sequence[np.ndarray]
 
 
 def frozen_scorer_class():
-    """`evaluate.scorer.FrozenScorer`, or a ValueError saying what is missing."""
+    """`vlm.scorer.FrozenScorer`, or a ValueError saying what is missing."""
     try:
-        from videocfr.evaluate.scorer import FrozenScorer  # noqa: PLC0415
+        from videocfr.vlm.scorer import FrozenScorer  # noqa: PLC0415
     except ModuleNotFoundError as err:
-        raise ValueError(f"the margin reward needs the frozen VLM scorer evaluate.scorer "
-                         f"({err}); it ships with the evaluate stage (evaluate/scorer.py)") \
+        raise ValueError(f"the margin reward needs the frozen VLM scorer vlm.scorer "
+                         f"({err}); it ships with the evaluate stage (vlm/scorer.py)") \
             from err
     return FrozenScorer
 
@@ -60,7 +60,7 @@ class CandidateFrames:
     Args:
         video_root: directory the cache's video paths are relative to.
         max_videos: how many videos' frames to keep (an LRU).
-        decode: the decode method of train.video.read_frames ("auto", "sequential", "seek").
+        decode: the decode method of vlm.video.read_frames ("auto", "sequential", "seek").
     """
 
     def __init__(self, video_root: str | Path, max_videos: int = 4, decode: str = "auto"):
@@ -71,7 +71,7 @@ class CandidateFrames:
 
     def __call__(self, sample: SelectorSample, positions: np.ndarray) -> np.ndarray:
         """uint8 [n, H, W, 3]: the candidates at `positions`, in that order."""
-        from videocfr.train.video import read_frames  # noqa: PLC0415  (decord: the train extra)
+        from videocfr.vlm.video import read_frames  # noqa: PLC0415  (decord: the train extra)
 
         vid = sample.video.video_id
         frames = self._frames.get(vid)
@@ -90,11 +90,11 @@ class MarginReward:
     """r = tanh(m / scale) from the frozen scorer shown only the chosen frames.
 
     Args:
-        scorer: an `evaluate.scorer.FrozenScorer` (or anything with `margins(items)`).
+        scorer: an `vlm.scorer.FrozenScorer` (or anything with `margins(items)`).
         frames: callable (sample, positions) -> uint8 [n, H, W, 3] (CandidateFrames).
         scale: 2 in the paper.
         batch_size: subsets per scorer call.
-        item_type: the scorer's item class (default evaluate.scorer.ScoreItem).
+        item_type: the scorer's item class (default vlm.scorer.ScoreItem).
 
     After a call, `last_margins` holds float32 [rows] margins (NaN where None was returned),
     for the trainer's `margin` metric.
@@ -105,7 +105,7 @@ class MarginReward:
     def __init__(self, scorer, frames, scale: float = 2.0, batch_size: int = 8,
                  item_type=None):
         if item_type is None:
-            from videocfr.evaluate.scorer import ScoreItem as item_type  # noqa: PLC0415, N813
+            from videocfr.vlm.scorer import ScoreItem as item_type  # noqa: PLC0415, N813
 
         self._item = item_type
         self.scorer = scorer

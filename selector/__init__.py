@@ -3,7 +3,7 @@
 - `policy`: the autoregressive pointer network (`FrameSelector`) and batching of ragged K.
 - `grpo`: one GRPO step over N sampled subsets per question, entropy bonus, curriculum over n.
 - `rewards`: rewards as plain callables — the VLM margin reward tanh(m/2) from the frozen scorer
-  (evaluate.scorer) and a needle reward from annotated needle frames.
+  (vlm.scorer) and a needle reward from annotated needle frames.
 - `data`: questions of a cache (with the optional Var(m) filter from the `margins` addition).
 - `trainer` / `cli`: `videocfr train --config configs/train/refocus_tiny.yaml`.
 - `margins`: `videocfr precompute margins` (the data filter's addition).

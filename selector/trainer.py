@@ -3,7 +3,7 @@
 Reads top to bottom: load the questions (with the Var(m) filter), build the policy, optimizer
 and reward, resume if asked, then per step: pick the step's budget n from the curriculum, take
 the step's questions (those with K < n are skipped and counted), run one GRPO step
-(`train.selector.grpo.grpo_step`), log and checkpoint. Everything it needs is passed in; the
+(`selector.grpo.grpo_step`), log and checkpoint. Everything it needs is passed in; the
 reward can be any callable `(samples, subsets) -> list[float | None]`.
 """
 
@@ -41,7 +41,7 @@ def build_reward(cfg: SelectorTrainConfig) -> Reward:
         return NeedleReward()
 
     from videocfr.cache_format import Cache  # noqa: PLC0415
-    from videocfr.train.data import resolve_video_root  # noqa: PLC0415
+    from videocfr.vlm.video import resolve_video_root  # noqa: PLC0415
 
     rc = cfg.reward
     FrozenScorer = frozen_scorer_class()  # noqa: N806

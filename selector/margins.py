@@ -1,7 +1,7 @@
 """`videocfr precompute margins`: the data filter's margins, stored as the cache addition `margins`.
 
 For every question of a cache, M random subsets of n candidates are shown to the frozen reward
-VLM (evaluate.scorer) and the margins m = z_answer - max_other z are stored; the trainer drops
+VLM (vlm.scorer) and the margins m = z_answer - max_other z are stored; the trainer drops
 questions with Var(m) < 0.21 (their answer does not depend on which frames are seen).
 
 Shard-parallel like precompute: job i of N takes questions i, i+N, i+2N, ... (in the cache's key
@@ -154,7 +154,7 @@ def run_job(cache_dir: str | Path, reward, *, num_subsets: int, subset_size: int
 
     Args:
         cache_dir: a finished cache.
-        reward: a `train.selector.rewards.MarginReward` (its `margins(samples, subsets)`).
+        reward: a `selector.rewards.MarginReward` (its `margins(samples, subsets)`).
         num_subsets, subset_size: M and n.
         seed: subsets are a function of (seed, question's index in the cache's key order).
         num_shards, shard_index: this job's slice.
@@ -285,7 +285,7 @@ def _reward(args):
 
     FrozenScorer = frozen_scorer_class()  # noqa: N806
 
-    from videocfr.train.data import resolve_video_root  # noqa: PLC0415
+    from videocfr.vlm.video import resolve_video_root  # noqa: PLC0415
 
     from .rewards import CandidateFrames, MarginReward  # noqa: PLC0415
 
