@@ -155,9 +155,13 @@ _LOCK = threading.Lock()
 
 def _hash_fd(fd: int) -> str:
     """sha256 of all the bytes behind `fd` (from offset 0, whatever the current offset)."""
-    os.lseek(fd, 0, os.SEEK_SET)
-    with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    digest, offset = hashlib.sha256(), 0
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    while n := os.preadv(fd, [buf], offset):
+        digest.update(view[:n])  # large updates release the GIL: shards hash in parallel
+        offset += n
+    return digest.hexdigest()
 
 
 def pin(path: Path | RemotePath, where: str) -> Pinned:
@@ -169,7 +173,8 @@ def pin(path: Path | RemotePath, where: str) -> Pinned:
     if isinstance(path, RemotePath):
         return _pin_remote(path, where)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO named like a shard must not block the open (it is refused below)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as err:
         raise CacheError(f"{where}: cannot open the shard ({err.strerror})") from None
     try:
