@@ -15,6 +15,7 @@ the remote path (cache_format/storage.py) gets the same treatment.
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 import tempfile
@@ -57,6 +58,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     plan = [(i, KINDS[i % len(KINDS)], int(rng.integers(2**31))) for i in range(args.mutants)]
     counts: Counter = Counter()
+    kinds: Counter = Counter()  # the first verify problem's kind of each refused mutant
     t0 = time.perf_counter()
 
     def one(item):
@@ -65,6 +67,9 @@ def main() -> None:
             return None
         mutant = make_mutant(source, work / f"m{i:05d}-{kind}", kind, np.random.default_rng(seed))
         outcome, got = judge(mutant, reference, args.timeout, env, remote=args.remote)
+        if outcome == "refused" and got["verify"]:
+            tag = re.search(r"\[([a-z0-9-]+)\] ", got["verify"][0])
+            kinds[tag.group(1) if tag else "value"] += 1
         if outcome in ("refused", "same"):
             shutil.rmtree(mutant)
         else:
@@ -82,6 +87,8 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     print("fuzz mutants={} {} seconds={:.1f}".format(
         sum(counts.values()), " ".join(f"{k}={counts[k]}" for k in OUTCOMES), seconds))
+    print("refused by verify, first problem's kind: " + " ".join(
+        f"{k}={n}" for k, n in kinds.most_common()))
 
 
 if __name__ == "__main__":
