@@ -170,6 +170,19 @@ def verify_shard(path: str | Path, config_hash: str | None = None,
     return _problems(result, str(path)) if isinstance(result, Exception) else []
 
 
+def verify_shards(paths: list, fresh: bool = False) -> dict[str, list[Problem]]:
+    """Verify shard files on their own, checked in parallel child processes.
+
+    Returns:
+        str(path) -> its problems (empty when sound), for each path.
+    """
+    paths = [as_path(p) for p in paths]
+    results = check_paths(paths, [str(p) for p in paths], "values", None, None, fresh=fresh,
+                          keep=False)
+    return {str(p): _problems(r, str(p)) if isinstance(r, Exception) else []
+            for p, r in zip(paths, results)}
+
+
 def verify_cache(cache_dir: str | Path, limits: Limits | None = None,
                  fresh: bool = False) -> list[Problem]:
     """Verify a whole cache: manifest, every shard's sha256, schema, values and counts.
