@@ -13,6 +13,9 @@ refuses everything else, reading only metadata plus the small offset and row-poi
   no external raw storage, no filter but fletcher32 (the writer's checksum);
 - dtypes and trailing shapes are the schema's; the declared bytes of each dataset and of each
   chunk are bounded by the file's own size (nothing compressed, so a real shard holds them);
+- every byte of data is stored inside the file: every chunk of a chunked dataset (none reads
+  as fill values), each with its filters applied (its checksum checked), and all the bytes of a
+  contiguous one;
 - offsets start at 0, never decrease and end at their table's length; row pointers
   (questions/video_row, aliases/video_row) point inside the videos table.
 
@@ -43,7 +46,7 @@ VLEN_ITEM_BYTES = 16  # a variable-length string element: a global-heap referenc
 KINDS = ("missing", "extra-object", "soft-link", "external-link", "user-link", "not-a-dataset",
          "shared-object", "virtual-dataset", "external-storage", "filter", "layout", "dtype",
          "shape", "size", "chunk", "offsets", "row-pointer", "attribute", "bad-id",
-         "duplicate-key", "hang", "crash", "memory")
+         "duplicate-key", "unstored", "hang", "crash", "memory")
 
 _LINK_KINDS = {h5py.h5l.TYPE_SOFT: "soft-link", h5py.h5l.TYPE_EXTERNAL: "external-link"}
 
@@ -105,6 +108,33 @@ def _storage(ds: h5py.Dataset, name: str, where: str, file_bytes: int) -> None:
         if chunk_bytes > max(MAX_CHUNK_BYTES, row):
             raise StructureError(where, "chunk", name,
                                  f"chunks of {chunk_bytes:.3g} bytes exceed {MAX_CHUNK_BYTES}")
+        _chunks_stored(ds, chunk, name, where, file_bytes)
+    elif layout == h5py.h5d.CONTIGUOUS and declared:
+        offset, stored = ds.id.get_offset(), ds.id.get_storage_size()
+        if not offset or stored != declared or offset + stored > file_bytes:
+            raise StructureError(where, "unstored", name,
+                                 f"{stored} of its {declared} bytes are stored inside the file "
+                                 f"(unstored data reads as fill values, not as an error)")
+
+
+def _chunks_stored(ds: h5py.Dataset, chunk: tuple, name: str, where: str,
+                   file_bytes: int) -> None:
+    """Every chunk of a chunked dataset stored inside the file, its filters (the checksum)
+    not skipped: an unstored chunk reads as fill values, a masked filter is not verified."""
+    expected = int(np.prod([-(-n // c) for n, c in zip(ds.shape, chunk)], dtype=np.int64))
+    stored = ds.id.get_num_chunks()
+    if stored != expected:
+        raise StructureError(where, "unstored", name,
+                             f"{stored} of its {expected} chunks are stored (an unstored chunk "
+                             f"reads as fill values, not as an error)")
+    for i in range(stored):
+        info = ds.id.get_chunk_info(i)
+        if info.filter_mask:
+            raise StructureError(where, "filter", name, f"chunk {i} skips its filters "
+                                 f"(mask {info.filter_mask}): its checksum would not be checked")
+        if not info.byte_offset or info.byte_offset + info.size > file_bytes:  # 0: undefined
+            raise StructureError(where, "unstored", name, f"chunk {i} has no address inside "
+                                 f"the file ({info.byte_offset}): it would read as fill values")
 
 
 def _dtype_ok(ds: h5py.Dataset, want: str) -> bool:
