@@ -40,8 +40,15 @@ def _limit_memory(limit: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
-def _read_blocks(ds) -> None:
-    """Read one dataset whole, in row blocks of <= BLOCK_BYTES (strings decoded as UTF-8)."""
+NONZERO_ROWS = ("frames/embedding", "questions/text_embedding")  # no image or text embeds to 0
+
+
+def _read_blocks(ds, name: str = "") -> None:
+    """Read one dataset whole, in row blocks of <= BLOCK_BYTES (strings decoded as UTF-8).
+
+    Rows of NONZERO_ROWS must not be all zeros: a chunk zeroed together with its fletcher32
+    checksum (the checksum of zeros is 0) would otherwise read as zero embeddings.
+    """
     import h5py
     import numpy as np
 
@@ -51,7 +58,14 @@ def _read_blocks(ds) -> None:
     step = max(1, BLOCK_BYTES // row)
     view = ds.asstr() if is_str else ds
     for start in range(0, ds.shape[0], step):
-        view[start:start + step]
+        block = view[start:start + step]
+        if name in NONZERO_ROWS and block.size:
+            zero = np.flatnonzero(~block.reshape(block.shape[0], -1).any(axis=1))
+            if zero.size:
+                from videocfr.cache_format.schema import SchemaError
+
+                raise SchemaError(f"{name}[{start + int(zero[0])}] is all zeros: no frame or "
+                                  f"text embeds to the zero vector (the data is corrupted)")
 
 
 def read_all(f) -> None:
@@ -60,7 +74,7 @@ def read_all(f) -> None:
 
     for name in schema.SHARD_DATASETS:
         try:
-            _read_blocks(f[name])
+            _read_blocks(f[name], name)
         except OSError as err:
             if "filter" in str(err):
                 raise schema.SchemaError(f"{name}: checksum (fletcher32) mismatch — the data "

@@ -105,6 +105,11 @@ def check_shard_tables(f: h5py.File, rows: dict[str, int]) -> int:
     arow = _read(f, "aliases/video_row")
     if np.any(arow < 0) or np.any(arow >= rows["videos"]):
         raise schema.SchemaError("aliases/video_row points outside the videos table")
+    if qo.shape[0] > 1 and rows["qframes"]:  # a zeroed chunk passes fletcher32 (its sum is 0)
+        mass = np.add.reduceat(np.abs(_read(f, "qframes/prior")).astype(np.float64), qo[:-1])
+        if np.any(mass == 0):
+            raise schema.SchemaError(f"qframes/prior of question row {int(np.argmin(mass))} is "
+                                     f"all zeros (a prior sums to 1: the data is corrupted)")
     return int(failed.sum())
 
 
