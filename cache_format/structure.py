@@ -108,19 +108,24 @@ def _storage(ds: h5py.Dataset, name: str, where: str, file_bytes: int) -> None:
         if chunk_bytes > max(MAX_CHUNK_BYTES, row):
             raise StructureError(where, "chunk", name,
                                  f"chunks of {chunk_bytes:.3g} bytes exceed {MAX_CHUNK_BYTES}")
-        _chunks_stored(ds, chunk, name, where, file_bytes)
-    elif layout == h5py.h5d.CONTIGUOUS and declared:
+
+
+def _stored(ds: h5py.Dataset, name: str, where: str, file_bytes: int) -> None:
+    """Every byte of data stored inside the file: every chunk of a chunked dataset with its
+    filters (the checksum) applied, all the bytes of a contiguous one. Unstored data reads as
+    fill values, not as an error; a masked filter is not verified."""
+    layout = ds.id.get_create_plist().get_layout()
+    item = VLEN_ITEM_BYTES if ds.dtype.kind == "O" else ds.dtype.itemsize
+    declared = int(np.prod(ds.shape, dtype=np.float64)) * item
+    if layout == h5py.h5d.CONTIGUOUS and declared:
         offset, stored = ds.id.get_offset(), ds.id.get_storage_size()
         if not offset or stored != declared or offset + stored > file_bytes:
             raise StructureError(where, "unstored", name,
                                  f"{stored} of its {declared} bytes are stored inside the file "
                                  f"(unstored data reads as fill values, not as an error)")
-
-
-def _chunks_stored(ds: h5py.Dataset, chunk: tuple, name: str, where: str,
-                   file_bytes: int) -> None:
-    """Every chunk of a chunked dataset stored inside the file, its filters (the checksum)
-    not skipped: an unstored chunk reads as fill values, a masked filter is not verified."""
+    if layout != h5py.h5d.CHUNKED:
+        return
+    chunk = ds.id.get_create_plist().get_chunk()
     expected = int(np.prod([-(-n // c) for n, c in zip(ds.shape, chunk)], dtype=np.int64))
     stored = ds.id.get_num_chunks()
     if stored != expected:
@@ -251,6 +256,7 @@ def check_shard(f: h5py.File, *, config_hash: str | None, embed_dim: int | None,
                 expected = f"(N, {', '.join(map(str, shape))})".replace(", )", ")")
                 raise StructureError(where, "shape", name,
                                      f"has shape {ds.shape}, expected {expected}")
+            _stored(ds, name, where, file_bytes)
             table = group_name
             n = ds.shape[0] - (1 if short.endswith("_offset") else 0)
             if rows.setdefault(table, n) != n:
