@@ -17,7 +17,6 @@ directory is renamed into place (an older version of the addition is removed onl
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .io import fsync_dir, sha256_file, write_json_atomic
-from .manifest import load_manifest
+from .manifest import load_manifest, read_untrusted_json
 from .schema import CacheError, SchemaError
 from .storage import as_path
 
@@ -157,13 +156,7 @@ def load_addition(cache_dir: str | Path, name: str, version: int | None = None,
     if not mpath.is_file() or mpath.is_symlink():
         raise CacheError(f"cache {cache_dir} has no {name!r} addition ({mpath} is missing); "
                          f"build it first")
-    if mpath.stat().st_size > MAX_MANIFEST_BYTES:
-        raise SchemaError(f"{mpath} is larger than {MAX_MANIFEST_BYTES} bytes")
-    try:
-        with mpath.open(encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise SchemaError(f"{mpath} is not valid JSON: {err}") from err
+    doc = read_untrusted_json(mpath, cache_dir, "an addition manifest", MAX_MANIFEST_BYTES)
     want = {"format": str, "name": str, "version": int, "cache_config_hash": str, "meta": dict,
             "files": dict}
     for key, typ in want.items():

@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 
+from .fusion import PRESETS
 from .merge import merge_caches
 from .reader import Cache
 from .schema import CacheError
@@ -94,12 +95,12 @@ def _merge(args) -> int:
     return 0
 
 
-def _refuse(args) -> int:
-    from .refuse import fusion_from_cli, refuse_cache
+def _re_fuse(args) -> int:
+    from .re_fuse import fusion_from_cli, re_fuse_cache
 
     source = Cache(args.cache)
     fusion = fusion_from_cli(args.preset, args.weights, args.temperature, source.config)
-    manifest = refuse_cache(args.cache, args.output, fusion)
+    manifest = re_fuse_cache(args.cache, args.output, fusion)
     print(f"re-fused {manifest['counts']['questions']} priors of {args.cache} with preset "
           f"{fusion.preset} (weights {fusion.weights}, temperature {fusion.temperature}) into "
           f"{args.output}: config hash {manifest['config_hash']}")
@@ -193,13 +194,14 @@ def cache_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--max-videos", type=int, default=1000)
     p.set_defaults(func=_merge)
-    p = sub.add_parser("refuse", help="new priors from the stored saliences (no decode, no CLIP)")
+    p = sub.add_parser("re-fuse", aliases=["refuse"],  # `refuse`: the earlier spelling
+                       help="new priors from the stored saliences (no decode, no CLIP)")
     p.add_argument("cache")
-    p.add_argument("--preset", required=True, choices=("cfr", "cfr-novelty", "videocfr-ref"))
+    p.add_argument("--preset", required=True, choices=PRESETS)
     p.add_argument("--weights", default=None, help="wu,ws,wr[,wn] (default: the preset's)")
     p.add_argument("--temperature", type=float, default=None, help="softmax tau (default 0.1)")
     p.add_argument("-o", "--output", required=True, help="new cache directory")
-    p.set_defaults(func=_refuse)
+    p.set_defaults(func=_re_fuse)
     p = sub.add_parser("export", help="priors as frame_sets in Video-R1 JSON (reference trainer)")
     p.add_argument("cache")
     p.add_argument("--video-r1", required=True, metavar="IN.json", help="Video-R1 JSON / JSONL")

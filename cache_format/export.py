@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from . import schema
-from .fusion import PRESET_WEIGHTS, frame_sets
+from .fusion import PRESET_WEIGHTS, WEIGHT_FIELDS, frame_sets
 from .io import commit_file, tmp_path_for
 from .keys import is_image_record, video_id_from_path
 from .reader import Cache
@@ -148,8 +148,7 @@ def export_records(cache: Cache, records: list, where: str = "input"
     fusion = cache.config.get("fusion") if isinstance(cache.config.get("fusion"), dict) else {}
     frac = fusion.get("semantic_top_frac", 0.25)
     preset = str(fusion.get("preset", "cfr"))
-    weights = tuple(float(fusion.get(k, d)) for k, d in zip(
-        ("w_uniform", "w_scene", "w_semantic", "w_novelty"), REF_WEIGHTS))
+    weights = tuple(float(fusion.get(k, d)) for k, d in zip(WEIGHT_FIELDS, REF_WEIGHTS))
     summary = ExportSummary(preset=preset,
                             matches_cache_prior=preset == "videocfr-ref" and weights == REF_WEIGHTS)
     index = _KeyIndex(cache)

@@ -1,6 +1,6 @@
 """Fusion of per-source frame saliences into the consensus prior (METHOD §3).
 
-Pure numpy on purpose: precompute fuses with it, and `videocfr cache refuse` re-fuses stored
+Pure numpy on purpose: precompute fuses with it, and `videocfr cache re-fuse` re-fuses stored
 saliences with it, without torch or CLIP.
 """
 
@@ -19,6 +19,14 @@ PRESET_WEIGHTS: dict[str, tuple[float, float, float, float]] = {
     "videocfr-ref": (0.1, 1.0, 3.0, 0.0),
 }
 WEIGHT_FIELDS = ("w_uniform", "w_scene", "w_semantic", "w_novelty")
+# The stored prior sources: float32 [K] saliences in [0, 1], one per question, in
+# qframes/<name> of a shard (novelty is derived from the stored frame embeddings, never stored).
+SALIENCES = ("uniform", "scene", "semantic")
+# What re-fusing reads per question: the saliences and the raw semantic scores (videocfr-ref
+# ranks frames by them).
+FUSION_INPUTS = (*SALIENCES, "semantic_raw")
+# Every per-question, per-frame array of a shard (qframes/<name>): the fusion inputs and the prior.
+QFRAME_ARRAYS = (*FUSION_INPUTS, "prior")
 
 
 @dataclass(frozen=True)

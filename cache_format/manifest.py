@@ -40,6 +40,34 @@ def safe_member_path(cache_dir: Path, rel: str) -> Path:
     return full
 
 
+def read_untrusted_json(path, cache_dir, what: str, max_bytes: int = MAX_MANIFEST_BYTES):
+    """Parse a JSON file of a cache from another team (manifest.json, addition.json).
+
+    Args:
+        path: the file (a local Path or a RemotePath).
+        cache_dir: the cache it belongs to; a local file must resolve inside it.
+        what: what the file should be, for the messages ("a manifest").
+        max_bytes: larger files are refused before they are read.
+
+    Returns:
+        The parsed JSON value (the caller checks its fields).
+
+    Raises:
+        SchemaError: a link that leads outside the cache, an oversized file, invalid UTF-8 or
+            JSON, or NaN / Infinity constants (not JSON, and not a valid value anywhere here).
+    """
+    if isinstance(path, Path) and not path.resolve().is_relative_to(cache_dir.resolve()):
+        raise SchemaError(f"{path} is a link that leads outside the cache "
+                          f"({path.resolve()}); a reader never follows it")
+    if path.stat().st_size > max_bytes:
+        raise SchemaError(f"{path} is larger than {max_bytes} bytes; not {what}")
+    try:
+        with path.open(encoding="utf-8") as f:
+            return json.load(f, parse_constant=_reject_constant)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
+        raise SchemaError(f"{path} is not valid JSON: {err}") from err
+
+
 def load_manifest(cache_dir: str | Path) -> dict:
     """Read and check manifest.json of a cache directory.
 
@@ -55,16 +83,7 @@ def load_manifest(cache_dir: str | Path) -> dict:
     if not path.is_file():
         raise CacheError(f"{path} is missing: the cache is unfinished (finish the precompute "
                          f"jobs, then `videocfr precompute ... --finalize`) or not a cache")
-    if isinstance(path, Path) and not path.resolve().is_relative_to(cache_dir.resolve()):
-        raise SchemaError(f"{path} is a link that leads outside the cache "
-                          f"({path.resolve()}); a reader never follows it")
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise SchemaError(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes; not a manifest")
-    try:
-        with path.open(encoding="utf-8") as f:
-            manifest = json.load(f, parse_constant=_reject_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
-        raise SchemaError(f"{path} is not valid JSON: {err}") from err
+    manifest = read_untrusted_json(path, cache_dir, "a manifest")
     if not isinstance(manifest, dict):
         raise SchemaError(f"{path} must hold a JSON object")
     for key, typ in _MANIFEST_FIELDS.items():
@@ -102,4 +121,4 @@ def load_manifest(cache_dir: str | Path) -> dict:
 
 
 def _reject_constant(name: str):
-    raise ValueError(f"{name} is not allowed in a manifest")
+    raise ValueError(f"{name} is not allowed in a cache's JSON")

@@ -4,10 +4,43 @@ every file it names is there with the size and sha256 it records."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from . import schema
 from .io import sha256_file
+
+
+def slurm_defaults(env: dict | None = None) -> tuple[int | None, int | None]:
+    """(num_shards, shard_index) from a SLURM array task's environment, (None, None) outside."""
+    env = os.environ if env is None else env
+    count, task = env.get("SLURM_ARRAY_TASK_COUNT"), env.get("SLURM_ARRAY_TASK_ID")
+    if count is None or task is None:
+        return None, None
+    first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+    return int(count), int(task) - first
+
+
+def shard_selection(num_shards: int | None, shard_index: int | None,
+                    env: dict | None = None) -> tuple[int, int | None]:
+    """(N jobs, the one job to run or None for all) of a shard-parallel command.
+
+    `--num-shards` / `--shard-index` win; unset, they come from a SLURM array task
+    (slurm_defaults). SLURM's task id is used only when N is SLURM's own count: an explicit
+    --num-shards of another N with no --shard-index runs every job.
+
+    Raises:
+        ValueError: N < 1 or the index outside [0, N), saying which values are valid.
+    """
+    slurm_n, slurm_i = slurm_defaults(env)
+    num = num_shards if num_shards is not None else (slurm_n or 1)
+    index = shard_index if shard_index is not None else (
+        slurm_i if num_shards is None or num_shards == slurm_n else None)
+    if num < 1:
+        raise ValueError(f"--num-shards must be >= 1, got {num}")
+    if index is not None and not 0 <= index < num:
+        raise ValueError(f"--shard-index {index} outside [0, {num}); use 0..{num - 1}")
+    return num, index
 
 
 def part_name(job_index: int, num_jobs: int, part: int, sha256: str = "") -> str:

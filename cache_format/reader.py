@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 
 from . import schema
+from .fusion import QFRAME_ARRAYS
 from .manifest import load_manifest, safe_member_path
 from .records import QuestionRecord, VideoRecord
 from .sandbox import open_checked
@@ -220,8 +221,7 @@ class Cache:
         f = self.file(i)
         s = lambda name: str(f[f"questions/{name}"].asstr()[row])  # noqa: E731
         a, b = (int(x) for x in f["questions/frame_offset"][row:row + 2])
-        q = {name: f[f"qframes/{name}"][a:b]
-             for name in ("uniform", "scene", "semantic", "semantic_raw", "prior")}
+        q = {name: f[f"qframes/{name}"][a:b] for name in QFRAME_ARRAYS}
         return QuestionRecord(
             video_id=video_id, question_id=question_id, question=s("question"),
             options=json.loads(s("options")), answer=s("answer"),

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .fusion import QFRAME_ARRAYS, SALIENCES
 from .schema import SchemaError
 
 STATUS_OK = "ok"
@@ -149,7 +150,7 @@ class QuestionRecord:
     semantic_raw: np.ndarray
     prior: np.ndarray
 
-    SALIENCES = ("uniform", "scene", "semantic")
+    SALIENCES = SALIENCES
 
     @property
     def key(self) -> tuple[str, str]:
@@ -169,7 +170,7 @@ class QuestionRecord:
         if embed_dim is not None and self.text_embedding.shape != (embed_dim,):
             raise SchemaError(f"{who}: text_embedding has shape {self.text_embedding.shape}, "
                               f"expected ({embed_dim},)")
-        for name in (*self.SALIENCES, "semantic_raw", "prior"):
+        for name in QFRAME_ARRAYS:
             arr = _array(getattr(self, name), np.float32, name, who)
             if arr.shape != (num_frames,):
                 raise SchemaError(f"{who}: {name} has shape {arr.shape}, expected "

@@ -10,6 +10,8 @@ import json
 import math
 from typing import Any
 
+from .fusion import QFRAME_ARRAYS
+
 FORMAT_NAME = "videocfr-cache"
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -49,18 +51,14 @@ SHARD_DATASETS: dict[str, tuple[str, tuple]] = {
     "questions/text_embedding": ("float16", ("D",)),
     "questions/frame_offset": ("int64", ()),  # [Q + 1] into qframes/*
     # one row per (question, sampled frame)
-    "qframes/uniform": ("float32", ()),
-    "qframes/scene": ("float32", ()),
-    "qframes/semantic": ("float32", ()),
-    "qframes/semantic_raw": ("float32", ()),
-    "qframes/prior": ("float32", ()),
+    **{f"qframes/{name}": ("float32", ()) for name in QFRAME_ARRAYS},
     # alternative ids of a video row (filled by `cache merge` for videos of equal content)
     "aliases/video_id": (STR, ()),
     "aliases/video_row": ("int64", ()),
 }
 # Datasets large enough to be chunked with fletcher32 checksums.
-CHECKSUMMED = ("frames/embedding", "questions/text_embedding", "qframes/uniform", "qframes/scene",
-               "qframes/semantic", "qframes/semantic_raw", "qframes/prior")
+CHECKSUMMED = ("frames/embedding", "questions/text_embedding",
+               *(f"qframes/{name}" for name in QFRAME_ARRAYS))
 SHARD_ATTRS = ("format", "schema_version", "config_hash", "embed_dim", "job_index", "num_jobs",
                "part")
 

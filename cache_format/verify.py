@@ -14,6 +14,7 @@ import numpy as np
 
 from . import schema
 from .additions import verify_additions
+from .fusion import QFRAME_ARRAYS, SALIENCES
 from .manifest import load_manifest, safe_member_path
 from .reader import Cache
 from .sandbox import DigestMismatch, Limits, check_paths
@@ -127,12 +128,11 @@ def check_shard_values(f: h5py.File, rows: dict[str, int]) -> int:
                  "videos/fps", "videos/duration"):
         if not np.isfinite(_read(f, name)).all():
             raise schema.SchemaError(f"{name} contains NaN or inf")
-    for name in ("uniform", "scene", "semantic", "semantic_raw", "prior"):
+    for name in QFRAME_ARRAYS:
         arr = _read(f, f"qframes/{name}")
         if not np.isfinite(arr).all():
             raise schema.SchemaError(f"qframes/{name} contains NaN or inf")
-        if name in ("uniform", "scene", "semantic") and (arr.size and (arr.min() < 0
-                                                                      or arr.max() > 1)):
+        if name in SALIENCES and arr.size and (arr.min() < 0 or arr.max() > 1):
             raise schema.SchemaError(f"qframes/{name} leaves [0, 1]")
     prior = _read(f, "qframes/prior")
     if prior.size and prior.min() < 0:

@@ -25,6 +25,7 @@ import numpy as np
 
 from . import schema
 from .attempts import Attempt, collect_garbage
+from .fusion import QFRAME_ARRAYS
 from .io import StorageError, write_bytes_atomic, write_json_atomic
 from .markers import (  # noqa: F401  (part_name, marker_problem: re-exported)
     JobsUnfinished,
@@ -370,7 +371,7 @@ def shard_image(videos: list[VideoRecord], questions: list[QuestionRecord],
         "aliases/video_id": [a for a, _ in aliases],
         "aliases/video_row": np.array([row_of[v] for _, v in aliases], np.int64),
     }
-    for name in ("uniform", "scene", "semantic", "semantic_raw", "prior"):
+    for name in QFRAME_ARRAYS:
         data[f"qframes/{name}"] = cat([getattr(q, name) for q in questions], np.float32)
     _IMAGES[0] += 1
     with h5py.File(f"videocfr-shard-{_IMAGES[0]}", "w", driver="core", backing_store=False,

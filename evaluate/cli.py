@@ -12,13 +12,14 @@ import sys
 SUBCOMMANDS = {
     "qa": ("videocfr.evaluate.qa", "QA accuracy under frame-selection strategies and budgets"),
     "vniah": ("videocfr.evaluate.vniah", "needle in a video haystack: build, run, heatmaps"),
+    "lmms-check": ("videocfr.evaluate.lmms", "can the installed lmms-eval run videocfr_qwen2_5_vl"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     usage = "usage: videocfr evaluate {" + ",".join(SUBCOMMANDS) + "} ...\n\n" + "\n".join(
-        f"  {name:8s} {desc}" for name, (_, desc) in SUBCOMMANDS.items())
+        f"  {name:10s} {desc}" for name, (_, desc) in SUBCOMMANDS.items())
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return 0 if argv else 2

@@ -49,7 +49,7 @@ def focus(scorer: FrozenScorer, item: ScoreItem, prior: np.ndarray, positions: n
 
     prompt = build_prompt(item.question, item.options,
                           problem_type_of(item.problem_type, item.options))
-    batch = scorer._batch([item], [prompt])
+    batch = scorer.batch_inputs([item], [prompt])
     model = scorer.model
     with torch.inference_mode():
         ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)

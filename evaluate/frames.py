@@ -21,7 +21,7 @@ def video_root(cache: Cache, override: str | Path | None = None) -> Path:
 
 
 def load_frames(root: str | Path, video: VideoRecord, positions: np.ndarray,
-                method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+                method: str = "auto", decoder: str = "decord") -> tuple[np.ndarray, np.ndarray]:
     """Decode the chosen candidates of one video.
 
     Args:
@@ -29,6 +29,8 @@ def load_frames(root: str | Path, video: VideoRecord, positions: np.ndarray,
         video: the cached record (status ok).
         positions: int64 [n] sorted candidate positions (a strategy's output).
         method: vlm.video.read_frames's decode method.
+        decoder: the frame decoder backend: the cache's own, `vlm.decoders.cache_decoder(
+            cache.config)` (the callers here pass it).
 
     Returns:
         (uint8 [n, H, W, 3] frames, float64 [n] timestamps in seconds).
@@ -42,5 +44,6 @@ def load_frames(root: str | Path, video: VideoRecord, positions: np.ndarray,
     if positions.size == 0 or positions.min() < 0 or positions.max() >= video.num_sampled:
         raise ValueError(f"video {video.video_id!r}: positions {positions.tolist()} must lie in "
                          f"[0, K={video.num_sampled})")
-    frames = read_frames(Path(root) / video.path, video.frame_indices[positions], method)
+    frames = read_frames(Path(root) / video.path, video.frame_indices[positions], method,
+                         decoder=decoder)
     return frames, np.asarray(video.timestamps, np.float64)[positions]

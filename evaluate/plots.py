@@ -22,6 +22,7 @@ def plot_video(cache: Cache, video_id: str, out: str | Path, question_id: str | 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from videocfr.vlm.decoders import cache_decoder
 
     from .frames import load_frames
     from .frames import video_root as root_of
@@ -37,7 +38,7 @@ def plot_video(cache: Cache, video_id: str, out: str | Path, question_id: str | 
     shown = np.unique(np.linspace(0, k - 1, min(k, MAX_THUMBS)).round().astype(np.int64))
     root = root_of(cache, video_root)
     try:
-        thumbs, _ = load_frames(root, video, shown)
+        thumbs, _ = load_frames(root, video, shown, decoder=cache_decoder(cache.config))
         thumb_error = None
     except (OSError, ValueError, RuntimeError) as err:  # the figure still shows the curves
         thumbs, thumb_error = None, str(err)

@@ -23,7 +23,6 @@ import argparse
 import json
 import logging
 import sys
-import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +31,12 @@ import numpy as np
 from tqdm import tqdm
 from videocfr.cache_format import Cache, CacheError
 from videocfr.cache_format.keys import is_image_record, video_r1_key
+from videocfr.vlm.decoders import cache_decoder
 from videocfr.vlm.scorer import FrozenScorer, ScoreItem
 
 from .focus import focus
 from .frames import load_frames, video_root
-from .strategies import make_strategy, select
+from .strategies import make_strategy, sample_rng, select
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,8 @@ def _done(path: Path) -> dict[tuple, dict]:
 def evaluate(records: list[EvalRecord], cache: Cache, scorer: FrozenScorer,
              strategies: list[str], budgets: list[int], out: Path, *, mode: str = "logits",
              root: Path | None = None, seed: int = 0,
-             skipped: dict[str, list[str]] | None = None, with_focus: bool = False) -> dict:
+             skipped: dict[str, list[str]] | None = None, with_focus: bool = False,
+             max_new_tokens: int = 256) -> dict:
     """Score every (record, strategy, n); resumable through OUT/samples.jsonl."""
     out.mkdir(parents=True, exist_ok=True)
     samples = out / "samples.jsonl"
@@ -129,6 +130,7 @@ def evaluate(records: list[EvalRecord], cache: Cache, scorer: FrozenScorer,
                                                         (skipped or {}).items()})
     fns = {name: make_strategy(name) for name in strategies}
     root = root if root is not None else video_root(cache)
+    decoder = cache_decoder(cache.config)  # the frames the prior was computed on
     with open(samples, "a", encoding="utf-8") as sink:
         for rec in tqdm(records, desc="evaluate qa", unit="question"):
             try:
@@ -148,10 +150,9 @@ def evaluate(records: list[EvalRecord], cache: Cache, scorer: FrozenScorer,
                         problems["budget_over_k"].append(f"{rec.video_id}/{rec.question_id}: "
                                                          f"n={n} > K={video.num_sampled}")
                         continue
-                    salt = zlib.crc32(f"{rec.video_id}/{rec.question_id}".encode())
-                    rng = np.random.default_rng([seed, n, salt])  # stable across processes
+                    rng = sample_rng(seed, n, rec.video_id, rec.question_id)
                     pos = select(fn, video, question, n, rng)
-                    frames, ts = load_frames(root, video, pos)
+                    frames, ts = load_frames(root, video, pos, decoder=decoder)
                     item = ScoreItem(frames, question.question, question.options, rec.answer,
                                      rec.problem_type, ts)
                     row = {"video_id": rec.video_id, "question_id": rec.question_id,
@@ -163,7 +164,7 @@ def evaluate(records: list[EvalRecord], cache: Cache, scorer: FrozenScorer,
                         row.update(prediction=pred, correct=float(pred == rec.answer.strip()),
                                    margin=float(scorer.margins([item])[0]))
                     else:
-                        texts, acc = scorer.generate_scores([item])
+                        texts, acc = scorer.generate_scores([item], max_new_tokens)
                         row.update(prediction=texts[0], correct=float(acc[0]))
                     if with_focus:  # where the model looks when it answers (evaluate/focus.py)
                         row.update(focus(scorer, item, question.prior, pos))
@@ -219,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budgets", default="4,8,16,32")
     p.add_argument("--mode", choices=("logits", "generate"), default="logits")
     p.add_argument("--video-root", default=None)
+    p.add_argument("--max-new-tokens", type=int, default=256, help="answer length (generate)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--focus", action="store_true",
@@ -241,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         summary = evaluate(records, cache, scorer, strategies, budgets, out, mode=args.mode,
                            root=None if args.video_root is None else Path(args.video_root),
-                           seed=args.seed, skipped=skipped, with_focus=args.focus)
+                           seed=args.seed, skipped=skipped, with_focus=args.focus,
+                           max_new_tokens=args.max_new_tokens)
     except (ValueError, KeyError, OSError, CacheError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {msg}", file=sys.stderr)

@@ -13,6 +13,7 @@ saliences (`cache_format.fusion.fuse_record`) when named with a fusion spec, e.g
 from __future__ import annotations
 
 import functools
+import zlib
 from collections.abc import Callable
 
 import numpy as np
@@ -79,6 +80,13 @@ def select(name: str | Strategy, video: VideoRecord, question: QuestionRecord, n
         raise AssertionError(f"strategy {label!r} returned {pos.tolist()}: not sorted distinct "
                              f"positions in [0, {k})")
     return pos
+
+
+def sample_rng(seed: int, n: int, video_id: str, question_id: str) -> np.random.Generator:
+    """The generator of one (question, budget): stable across processes and run orders, so
+    `videocfr evaluate qa` and `videocfr select` draw the same `random` frames."""
+    salt = zlib.crc32(f"{video_id}/{question_id}".encode())
+    return np.random.default_rng([seed, n, salt])
 
 
 def uniform_positions(k: int, n: int) -> np.ndarray:

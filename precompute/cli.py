@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -71,16 +70,6 @@ def _gpu_error(err: BaseException) -> bool:
     text = f"{type(err).__name__} {err}"
     return any(word in text for word in ("CUDA", "cuDNN", "cuBLAS", "NCCL", "OutOfMemory",
                                          "out of memory", "HIP error"))
-
-
-def slurm_defaults(env: dict | None = None) -> tuple[int | None, int | None]:
-    """(num_shards, shard_index) from a SLURM array task's environment, (None, None) outside."""
-    env = os.environ if env is None else env
-    count, task = env.get("SLURM_ARRAY_TASK_COUNT"), env.get("SLURM_ARRAY_TASK_ID")
-    if count is None or task is None:
-        return None, None
-    first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-    return int(count), int(task) - first
 
 
 def _quiet_open_clip(record: logging.LogRecord) -> bool:
@@ -174,18 +163,13 @@ def _run(args: argparse.Namespace) -> int:
     import dataclasses
     import functools
 
+    from videocfr.cache_format.markers import shard_selection
+
     from .config import PrecomputeConfig
     from .datasets import load_dataset
     from .job import Precomputer, run_local, run_ray
 
-    slurm_n, slurm_i = slurm_defaults()
-    num = args.num_shards if args.num_shards is not None else (slurm_n or 1)
-    index = args.shard_index if args.shard_index is not None else (
-        slurm_i if args.num_shards is None or args.num_shards == slurm_n else None)
-    if num < 1:
-        raise ValueError(f"--num-shards must be >= 1, got {num}")
-    if index is not None and not 0 <= index < num:
-        raise ValueError(f"--shard-index {index} outside [0, {num}); use 0..{num - 1}")
+    num, index = shard_selection(args.num_shards, args.shard_index)
 
     config = PrecomputeConfig.load(args.config)
     if args.device:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from videocfr.cache_format.config_sections import build_section, build_sections, read_yaml_mapping
 from videocfr.cache_format.fusion import FusionConfig
 
 from .decode import SamplingConfig
@@ -142,27 +142,6 @@ SECTIONS: dict[str, type] = {
 }
 
 
-def build_section(cls: type, data: Any, where: str):
-    """Build a config dataclass from a mapping; unknown keys raise ValueError naming the key.
-
-    Args:
-        cls: the dataclass.
-        data: mapping of field -> value (None means all defaults).
-        where: name of the section for messages ("clip", "dataset sampling").
-    """
-    if data is None:
-        return cls()
-    if not isinstance(data, dict):
-        raise ValueError(f"config section {where!r} must be a mapping, got "
-                         f"{type(data).__name__}")
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in names:
-            raise ValueError(f"unknown key {key!r} in config section {where!r}; known keys: "
-                             f"{names}")
-    return cls(**data)
-
-
 @dataclass
 class PrecomputeConfig:
     """Everything that decides what a precompute run writes (see the module docstring)."""
@@ -190,23 +169,15 @@ class PrecomputeConfig:
         data = data or {}
         if not isinstance(data, dict):
             raise ValueError(f"{where} must be a mapping of sections {list(SECTIONS)}")
-        for key in data:
-            if key not in SECTIONS:
-                raise ValueError(f"unknown section {key!r} in {where}; known sections: "
-                                 f"{list(SECTIONS)}")
-        return cls(**{k: build_section(SECTIONS[k], v, k) for k, v in data.items()})
+        return cls(**build_sections(SECTIONS, data, where))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PrecomputeConfig:
         """Load a YAML file (see configs/precompute/*.yaml)."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"precompute config {path} not found; see "
-                                    f"configs/precompute/ for examples")
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+        data = read_yaml_mapping(path, "precompute config", "configs/precompute/")
         try:
-            return cls.from_dict(data, where=f"precompute config {path}")
+            return cls.from_dict(data, where="precompute config")
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
 

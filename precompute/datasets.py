@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from videocfr.cache_format.keys import is_image_record, video_id_from_path
+from videocfr.vlm.answers import parse_solution
+from videocfr.vlm.prompts import PROBLEM_TYPES  # the answer types the trainer's rewards score
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +36,6 @@ FORMATS = ("auto", "native", "video-r1")
 NATIVE_REQUIRED = ("video_id", "video", "question_id", "question", "answer")
 VIDEO_R1_REQUIRED = ("problem_id", "problem", "solution", "path")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_ANSWER = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.S)
-# The answer types the trainer's rewards score (vlm.prompts.PROBLEM_TYPES).
-PROBLEM_TYPES = ("multiple choice", "numerical", "OCR", "free-form", "regression")
 
 
 class DatasetError(ValueError):
@@ -207,12 +205,6 @@ def _options(value: Any, i: int, path: Path) -> list[str]:
     return [str(o) for o in value]
 
 
-def parse_answer(solution: str) -> str:
-    """The text inside <answer>...</answer> (the whole string, stripped, when no tags)."""
-    match = _ANSWER.search(str(solution))
-    return match.group(1) if match else str(solution).strip()
-
-
 def parse_records(records: list[dict], fmt: str, path: Path
                   ) -> tuple[list[tuple[str, QAItem]], int]:
     """QA items from records.
@@ -243,7 +235,7 @@ def parse_records(records: list[dict], fmt: str, path: Path
             options = _options(rec.get("options"), i, path)
             item = QAItem(video_id=video_id_from_path(video), question_id=str(rec["problem_id"]),
                           question=str(rec["problem"]), options=options,
-                          answer=parse_answer(rec["solution"]),
+                          answer=parse_solution(str(rec["solution"])),
                           problem_type=str(rec.get("problem_type") or _default_type(options)),
                           record=i)
         else:
@@ -276,7 +268,7 @@ def _answer_problem(rec: dict, fmt: str) -> str | None:
     key = "solution" if fmt == "video-r1" else "answer"
     if key not in rec or rec[key] is None:
         return f"no field {key!r}"
-    if not parse_answer(rec[key]).strip():
+    if not parse_solution(str(rec[key])).strip():
         return f"an empty {key!r} ({rec[key]!r})"
     return None
 

@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from videocfr.vlm.decoders import DECODERS as DECODER_BACKENDS
 
 from .scenes import SceneConfig, SceneTracker, cuts_to_scenes
 
@@ -48,7 +49,7 @@ logger = logging.getLogger(__name__)
 # A frame interval this far (relative) from the median interval marks the file as variable rate.
 VFR_TOLERANCE = 0.25
 BATCH_FRAMES = 32
-DECODERS = ("decord", "pyav")
+DECODERS = tuple(DECODER_BACKENDS)  # the backends of vlm.decoders
 # Parts: a video is split only when each part gets at least this many frames (a minute at 25
 # fps), and part j > 0 starts decoding at least this many frames before its range (the detector
 # warm-up: AdaptiveDetector's window plus twice min_scene_len, 15 frames by default).
@@ -83,7 +84,8 @@ class SamplingConfig:
         decoder: library of the sequential scan: "decord" (default) or "pyav" (threaded PyAV,
             precompute/scan_pyav.py: faster on 720p H.264, same frames and cuts, the sampled
             frames' pixels differ from decord's by a few grey levels). The file is indexed by
-            decord either way, and train/eval read frames with decord.
+            decord either way; train/eval read frames with the backend the cache records
+            (vlm.decoders.cache_decoder).
     """
 
     num_frames: int = 32

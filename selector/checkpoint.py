@@ -11,25 +11,24 @@ from __future__ import annotations
 
 import json
 import logging
-import random
-import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
+from videocfr.train.checkpoint import STATE_NAME as STATE
+from videocfr.train.checkpoint import (
+    checkpoint_dir,
+    commit_state,
+    latest_checkpoint,
+    rng_state,
+    set_rng_state,
+)
 
 from .policy import ARCHITECTURE, FrameSelector, PolicyConfig
 
 log = logging.getLogger(__name__)
-STATE = "state.json"
 WEIGHTS = "policy.safetensors"
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The complete checkpoint (with state.json) of the highest step, or None."""
-    root = Path(run_dir) / "checkpoints"
-    done = sorted(p for p in root.glob("step-*") if (p / STATE).is_file())
-    return done[-1] if done else None
+__all__ = ["STATE", "WEIGHTS", "latest_checkpoint", "load_policy", "read_state", "restore",
+           "save_checkpoint"]
 
 
 def save_checkpoint(run_dir: str | Path, step: int, policy: FrameSelector, optimizer,
@@ -38,21 +37,14 @@ def save_checkpoint(run_dir: str | Path, step: int, policy: FrameSelector, optim
     """Write a checkpoint after `step` steps; state.json last. Returns its directory."""
     from safetensors.torch import save_model  # noqa: PLC0415
 
-    path = Path(run_dir) / "checkpoints" / f"step-{step:06d}"
+    path = checkpoint_dir(run_dir, step)
     path.mkdir(parents=True, exist_ok=True)
     save_model(policy, str(path / WEIGHTS))
     torch.save(optimizer.state_dict(), path / "optimizer.pt")
-    torch.save({"python": random.getstate(), "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(), "rollout": generator.get_state()}, path / "rng.pt")
-    state = {"step": step, "architecture": ARCHITECTURE, "policy": policy.config.to_dict(),
-             "cache_config_hash": cache_hash, "config": config}
-    tmp = path / f".{STATE}.tmp"
-    tmp.write_text(json.dumps(state, indent=1))
-    tmp.replace(path / STATE)
-    if keep:
-        done = sorted(p for p in path.parent.glob("step-*") if (p / STATE).is_file())
-        for old in done[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    torch.save({**rng_state(), "rollout": generator.get_state()}, path / "rng.pt")
+    commit_state(path, {"step": step, "architecture": ARCHITECTURE,
+                        "policy": policy.config.to_dict(), "cache_config_hash": cache_hash,
+                        "config": config}, keep=keep)
     log.info("checkpoint saved: %s", path)
     return path
 
@@ -112,8 +104,6 @@ def restore(path: Path, policy: FrameSelector, optimizer, generator: torch.Gener
     load_model(policy, str(path / WEIGHTS))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     rng = torch.load(path / "rng.pt", weights_only=False)
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
+    set_rng_state(rng)
     generator.set_state(rng["rollout"])
     return int(state["step"])

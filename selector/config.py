@@ -13,6 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from videocfr.cache_format.config_sections import (
+    apply_overrides,
+    check_keys,
+    check_sections,
+    read_yaml_mapping,
+)
 
 from .policy import PolicyConfig
 
@@ -202,38 +208,19 @@ def is_selector_config(path: str | Path) -> bool:
 def load_selector_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
                          ) -> SelectorTrainConfig:
     """Read a selector YAML and apply `section.key=value` overrides; validate everything."""
-    from videocfr.train.config import parse_override  # noqa: PLC0415
-
     data: dict[str, Any] = {}
     where = "config"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"train config {path} not found; see configs/train/")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = dict(read_yaml_mapping(path, "train config", "configs/train/"))
         where = str(path)
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of sections at the top level")
-    data = dict(data)
     trainer = data.pop("trainer", TRAINER_NAME)
     if trainer != TRAINER_NAME:
         raise ValueError(f"{where}: trainer {trainer!r} is not the selector trainer")
-    data = {k: dict(v or {}) if isinstance(v, dict) or v is None else v for k, v in data.items()}
-    for text in overrides:
-        section, key, value = parse_override(text)
-        data.setdefault(section, {})[key] = value
+    apply_overrides(data, overrides)
+    check_sections(_SECTIONS, data, where, note=" (and trainer: selector)")
     kwargs = {}
     for name, values in data.items():
-        if name not in _SECTIONS:
-            raise ValueError(f"{where}: unknown section {name!r}; sections are "
-                             f"{sorted(_SECTIONS)} (and trainer: selector)")
-        if not isinstance(values, dict):
-            raise ValueError(f"{where}.{name}: expected a mapping")
-        known = {f.name for f in dataclasses.fields(_SECTIONS[name])}
-        for key in values:
-            if key not in known:
-                raise ValueError(f"{where}.{name}: unknown key {key!r}; known keys are "
-                                 f"{sorted(known)}")
+        values = check_keys(_SECTIONS[name], values, name, where)
         if name == "policy":
             PolicyConfig(**{**values, "embed_dim": values.get("embed_dim") or 1})  # validate
             kwargs[name] = values

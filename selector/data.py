@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from videocfr.cache_format import Cache, CacheError, QuestionRecord, VideoRecord
+from videocfr.cache_format.keys import video_r1_key
 
 from .config import SelectorDataConfig
 from .policy import SelectorBatch, collate
@@ -63,15 +64,6 @@ def make_batch(samples: list[SelectorSample]) -> SelectorBatch:
                    [s.question.text_embedding.astype(np.float32) for s in samples])
 
 
-def video_r1_key(rec: dict) -> tuple[str, str]:
-    """A Video-R1 record's cache key: (its path without extension or leading "./", problem_id),
-    the keying precompute's Video-R1 reader uses."""
-    p = str(rec.get("path", "")).replace("\\", "/")
-    while p.startswith("./"):
-        p = p[2:]
-    return str(Path(p).with_suffix("")), str(rec.get("problem_id", ""))
-
-
 def read_needles(path: str | Path) -> dict[tuple[str, str], tuple[int, int]]:
     """(video_id, question_id) -> needle [start, end) frames, from a JSON list or JSONL file.
 
@@ -93,6 +85,9 @@ def read_needles(path: str | Path) -> dict[tuple[str, str], tuple[int, int]]:
                 or not all(isinstance(x, int) for x in frames) or frames[1] <= frames[0]):
             raise ValueError(f"{path}: record {i}: needle_frames must be [start, end) integers "
                              f"with end > start, got {frames!r}")
+        if "problem_id" in rec and "path" not in rec:
+            raise ValueError(f"{path}: record {i}: a Video-R1 record (problem_id) needs its "
+                             f"video's `path` to name the cache key")
         key = (video_r1_key(rec) if "problem_id" in rec else
                (str(rec.get("video_id", "")), str(rec.get("question_id", ""))))
         out[key] = (frames[0], frames[1])

@@ -246,16 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `videocfr precompute margins`; 0 ok, 2 bad input."""
-    from videocfr.precompute.cli import slurm_defaults  # noqa: PLC0415  (the same SLURM convention)
+    from videocfr.cache_format.markers import shard_selection  # noqa: PLC0415
 
     args = build_parser().parse_args(argv)
-    slurm_n, slurm_i = slurm_defaults()
-    num = args.num_shards if args.num_shards is not None else (slurm_n or 1)
-    index = args.shard_index if args.shard_index is not None else (
-        slurm_i if args.num_shards is None else None)
     try:
-        if num < 1 or (index is not None and not 0 <= index < num):
-            raise ValueError(f"--shard-index {index} must be in [0, --num-shards={num})")
+        num, index = shard_selection(args.num_shards, args.shard_index)  # the precompute rule
         if args.num_subsets < 2 or args.subset_size < 1:
             raise ValueError("--num-subsets must be >= 2 (a variance) and --subset-size >= 1")
         meta = {"model": args.model or "tiny", "batch_size": args.batch_size}
@@ -285,11 +280,14 @@ def _reward(args):
 
     FrozenScorer = frozen_scorer_class()  # noqa: N806
 
+    from videocfr.vlm.decoders import cache_decoder  # noqa: PLC0415
     from videocfr.vlm.video import resolve_video_root  # noqa: PLC0415
 
     from .rewards import CandidateFrames, MarginReward  # noqa: PLC0415
 
     scorer = (FrozenScorer.tiny(seed=args.seed) if args.tiny_scorer else
               FrozenScorer.from_pretrained(args.model, device=args.device, dtype=args.dtype))
-    root = resolve_video_root(Cache(args.cache), args.video_root)
-    return MarginReward(scorer, CandidateFrames(root), batch_size=args.batch_size)
+    cache = Cache(args.cache)
+    root = resolve_video_root(cache, args.video_root)
+    frames = CandidateFrames(root, decoder=cache_decoder(cache.config))
+    return MarginReward(scorer, frames, batch_size=args.batch_size)

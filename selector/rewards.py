@@ -61,12 +61,15 @@ class CandidateFrames:
         video_root: directory the cache's video paths are relative to.
         max_videos: how many videos' frames to keep (an LRU).
         decode: the decode method of vlm.video.read_frames ("auto", "sequential", "seek").
+        decoder: the frame decoder backend: the cache's own (vlm.decoders.cache_decoder).
     """
 
-    def __init__(self, video_root: str | Path, max_videos: int = 4, decode: str = "auto"):
+    def __init__(self, video_root: str | Path, max_videos: int = 4, decode: str = "auto",
+                 decoder: str = "decord"):
         self.video_root = Path(video_root)
         self.max_videos = max_videos
         self.decode = decode
+        self.decoder = decoder
         self._frames: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def __call__(self, sample: SelectorSample, positions: np.ndarray) -> np.ndarray:
@@ -77,7 +80,7 @@ class CandidateFrames:
         frames = self._frames.get(vid)
         if frames is None:
             frames = read_frames(self.video_root / sample.video.path, sample.video.frame_indices,
-                                 self.decode)
+                                 self.decode, decoder=self.decoder)
             self._frames[vid] = frames
             while len(self._frames) > self.max_videos:
                 self._frames.popitem(last=False)

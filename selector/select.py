@@ -14,7 +14,9 @@ Evaluation CLIs add the option with `add_refocus_argument(parser)` and call
 writes the chosen candidates of every question: as a cache addition (HDF5 `selections.h5`:
 video_id, question_id str [Q]; positions int32 [Q, n]; frame_indices int64 [Q, n]) or into a
 copy of a Video-R1 JSON (each video record gains `refocus_frames`, the chosen file frame numbers,
-and `refocus_positions`), so CF-GRPO or any trainer can read the selection.
+and `refocus_positions`), so CF-GRPO or any trainer can read the selection. `--strategy SPEC`
+chooses with any registry strategy instead of a checkpoint, and `--selection-file` /
+`--tspo-json` write the harness forms (selector/select_file.py, docs/selections.md).
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 from videocfr.cache_format import Cache, CacheError, QuestionRecord, VideoRecord
+from videocfr.cache_format.keys import video_r1_key
 
 from .checkpoint import load_policy
-from .data import SelectorSample, make_batch, relative_times, video_r1_key
+from .data import SelectorSample, make_batch, relative_times
 from .policy import FrameSelector
 
 log = logging.getLogger(__name__)
@@ -212,11 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="videocfr select", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache", required=True)
-    p.add_argument("--checkpoint", required=True, help="selector checkpoint or run directory")
+    p.add_argument("--checkpoint", help="selector checkpoint or run directory (refocus)")
+    p.add_argument("--strategy", help="instead: a registry strategy spec (uniform, random, "
+                                      "prior-topn, prior-its@cfr:alpha=3, aks, novelty, ...)")
     p.add_argument("--n", type=int, required=True, help="frames to choose per question")
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("--addition", help="write a cache addition of this name (e.g. refocus-n8)")
     out.add_argument("--video-r1-json", help="a Video-R1 JSON to copy with the selections")
+    out.add_argument("--selection-file", help="write a selection file for harnesses "
+                                              "(docs/selections.md; lmms-eval reads it)")
+    out.add_argument("--tspo-json", help="write TSPO's frame_idx JSON (its lmms-eval wrappers)")
     p.add_argument("-o", "--output", help="output JSON (with --video-r1-json)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy picks")
     p.add_argument("--seed", type=int, default=0)
@@ -232,13 +240,17 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--video-r1-json needs -o/--output for the copy with selections")
         if args.n < 1:
             raise ValueError(f"--n must be >= 1, got {args.n}")
-        policy, state = load_policy(args.checkpoint, device=args.device)
-        strategy = RefocusStrategy(policy, greedy=not args.sample, source=state["path"])
+        from .select_file import choose, write_outputs  # noqa: PLC0415
+
+        if args.video_r1_json and not args.checkpoint:
+            raise ValueError("--video-r1-json writes refocus_frames: use it with --checkpoint")
         cache = Cache(args.cache)
-        chosen, counts = select_all(cache, strategy, args.n, seed=args.seed)
-        meta = {"checkpoint": state["path"], "step": state["step"], "greedy": not args.sample,
-                "seed": args.seed, "counts": counts}
-        if args.addition:
+        chosen, counts, strategy = choose(args, cache)
+        meta = {**{k: v for k, v in strategy.items() if k != "kind"}, "counts": counts}
+        where = write_outputs(args, cache, chosen, counts, strategy)
+        if where is not None:
+            pass
+        elif args.addition:
             where = write_selections_addition(args.cache, args.addition, chosen, args.n, meta)
         else:
             where = _write_video_r1(cache, Path(args.video_r1_json), Path(args.output), chosen,
@@ -260,7 +272,8 @@ def _write_video_r1(cache: Cache, src: Path, dst: Path, chosen: dict, counts: di
     counts["not_in_cache"] = 0
     videos: dict[str, VideoRecord] = {}
     for rec in records:
-        key = video_r1_key(rec) if isinstance(rec, dict) else None
+        key = (video_r1_key(rec) if isinstance(rec, dict) and {"path", "problem_id"} <= set(rec)
+               else None)
         if key is None or key not in chosen:
             counts["not_in_cache"] += 1  # image records, failed videos, K < n, other data
             continue

@@ -41,14 +41,17 @@ def build_reward(cfg: SelectorTrainConfig) -> Reward:
         return NeedleReward()
 
     from videocfr.cache_format import Cache  # noqa: PLC0415
+    from videocfr.vlm.decoders import cache_decoder  # noqa: PLC0415
     from videocfr.vlm.video import resolve_video_root  # noqa: PLC0415
 
     rc = cfg.reward
     FrozenScorer = frozen_scorer_class()  # noqa: N806
     scorer = (FrozenScorer.tiny(seed=cfg.run.seed) if rc.tiny else
               FrozenScorer.from_pretrained(rc.model_path, device=rc.device, dtype=rc.dtype))
-    root = resolve_video_root(Cache(cfg.data.cache_dir), cfg.data.video_root)
-    return MarginReward(scorer, CandidateFrames(root), scale=rc.margin_scale,
+    cache = Cache(cfg.data.cache_dir)
+    root = resolve_video_root(cache, cfg.data.video_root)
+    frames = CandidateFrames(root, decoder=cache_decoder(cache.config))
+    return MarginReward(scorer, frames, scale=rc.margin_scale,
                         batch_size=rc.batch_size)
 
 

@@ -3,10 +3,9 @@
 import json
 
 import pytest
+from synthetic_cache import make_cache
 from videocfr.cache_format import CacheError, verify_cache
 from videocfr.cache_format.additions import list_additions, load_addition, write_addition
-
-from tests.synthetic_cache import make_cache
 
 
 def _write(cache, name="margins", text="hello", version=1):

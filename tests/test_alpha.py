@@ -137,13 +137,6 @@ def test_alpha_entropy():
 # --- spans tied to the real Qwen2.5-VL model ----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    from videocfr.vlm.tiny import tiny_model_and_processor
-
-    return tiny_model_and_processor(seed=0)
-
-
 def _prompt(processor, question: str) -> str:
     msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
     return processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
@@ -170,7 +163,7 @@ def _inputs_embeds(model, batch) -> torch.Tensor:
     [(4, 56, 56), (6, 28, 84), (8, 70, 90), (2, 40, 30)],
     ids=["K4-56x56", "K6-28x84", "K8-70x90", "K2-40x30"],
 )
-def test_group_spans_are_where_the_model_puts_each_frame_pair(tiny, num_frames, height, width):
+def test_group_spans_are_where_the_model_puts_each_frame_pair(tiny_vlm, num_frames, height, width):
     """Changing frames (2g, 2g+1) changes the model's input embeddings exactly on span g.
 
     Qwen2.5-VL's vision tower attends within a temporal group, so the features of group g depend
@@ -178,7 +171,7 @@ def test_group_spans_are_where_the_model_puts_each_frame_pair(tiny, num_frames, 
     positions where the model placed group g. A second sample of another size, with left padding,
     checks the per-sample offsets.
     """
-    model, processor = tiny
+    model, processor = tiny_vlm
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (num_frames, height, width, 3), dtype=np.uint8)
     other = rng.integers(0, 256, (4, 56, 84, 3), dtype=np.uint8)
@@ -218,9 +211,9 @@ def test_group_spans_are_where_the_model_puts_each_frame_pair(tiny, num_frames, 
     assert all(b > a for a, b in zip(t_first, t_first[1:]))
 
 
-def test_frame_usage_on_the_real_forward(tiny):
+def test_frame_usage_on_the_real_forward(tiny_vlm):
     """α from the policy forward's last hidden states: one value per group, a distribution."""
-    model, processor = tiny
+    model, processor = tiny_vlm
     frames = np.random.default_rng(1).integers(0, 256, (8, 56, 56, 3), dtype=np.uint8)
     batch = processor(text=[_prompt(processor, "Q?")], videos=[frames], return_tensors="pt")
     completion = processor.tokenizer("<think>x</think><answer>A</answer>", return_tensors="pt")
@@ -238,9 +231,9 @@ def test_frame_usage_on_the_real_forward(tiny):
     assert torch.all(alpha >= 0) and abs(float(alpha.sum()) - 1) < 1e-5
 
 
-def test_tiny_processor_generate_and_ids_match(tiny):
+def test_tiny_processor_generate_and_ids_match(tiny_vlm):
     """Tiny processor ids are the model config's; generation never emits vision tokens."""
-    model, processor = tiny
+    model, processor = tiny_vlm
     tok = processor.tokenizer
     assert tok.convert_tokens_to_ids("<|video_pad|>") == model.config.video_token_id
     assert tok.convert_tokens_to_ids("<|vision_start|>") == model.config.vision_start_token_id

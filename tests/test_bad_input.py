@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import videos
 from videocfr.precompute.decode import DecodedVideo, SamplingConfig, VideoDecodeError, decode_video
 from videocfr.precompute.worker import FAULT_ENV, iter_decoded
-
-from tests import videos
 
 # (maker, words the message must contain): "fix" words check that the message says what to do.
 CORPUS = {

@@ -177,6 +177,7 @@ def _check_final_paths(out: Path) -> None:
         assert verify_cache(out) == []
 
 
+@pytest.mark.timeout(3600)  # 22 full writes of 400 videos: > 600 s on a loaded 2-core machine
 def test_writer_killed_at_random_moments_leaves_only_whole_shards(tmp_path):
     out = tmp_path / "cache"
     script = WRITER_SCRIPT.format(tests=str(TESTS), out=str(out))

@@ -10,82 +10,78 @@ import torch
 from videocfr.precompute.clip import TINY_MODEL, ClipEmbedder, register_tiny_model, resolve_model
 
 
-@pytest.fixture(scope="module")
-def tiny() -> ClipEmbedder:
-    return ClipEmbedder(TINY_MODEL, "none", batch_size=3)
-
-
 def frames(n: int = 5, h: int = 48, w: int = 80, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
 
 
-def test_shapes_and_normalisation(tiny):
-    g, p = tiny.embed_images(frames())
+def test_shapes_and_normalisation(tiny_clip):
+    g, p = tiny_clip.embed_images(frames())
     assert g.shape == (5, 16) and g.dtype == np.float32
-    assert p.shape == (5, tiny.num_patches, 16) and p.dtype == np.float32
-    assert tiny.num_patches == 4  # 32 px image, 16 px patches
+    assert p.shape == (5, tiny_clip.num_patches, 16) and p.dtype == np.float32
+    assert tiny_clip.num_patches == 4  # 32 px image, 16 px patches
     np.testing.assert_allclose(np.linalg.norm(g, axis=-1), 1, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(p, axis=-1), 1, atol=1e-5)
-    t = tiny.embed_texts(["a red disc", "a bicycle", "a rabbit", "x"])
+    t = tiny_clip.embed_texts(["a red disc", "a bicycle", "a rabbit", "x"])
     assert t.shape == (4, 16) and t.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(t, axis=-1), 1, atol=1e-5)
     assert not np.allclose(t[0], t[1])
 
 
-def test_global_equals_model_encode_image(tiny):
+def test_global_equals_model_encode_image(tiny_clip):
     f = frames()
-    g, _ = tiny.embed_images(f)
+    g, _ = tiny_clip.embed_images(f)
     with torch.inference_mode():
-        ref = torch.nn.functional.normalize(tiny.model.encode_image(tiny.preprocess(f)), dim=-1)
+        ref = torch.nn.functional.normalize(
+            tiny_clip.model.encode_image(tiny_clip.preprocess(f)), dim=-1)
     np.testing.assert_allclose(g, ref.numpy(), atol=1e-5)
 
 
-def test_projecting_the_class_token_our_way_reproduces_the_image_embedding(tiny):
+def test_projecting_the_class_token_our_way_reproduces_the_image_embedding(tiny_clip):
     """The patch tokens go through `_project` (ln_post + proj); the same map applied to the
     class token must give the model's own image embedding — so patches share its space."""
     f = frames(4)
-    visual = tiny.model.visual
+    visual = tiny_clip.model.visual
     with torch.inference_mode():
-        pixels = tiny.preprocess(f)
+        pixels = tiny_clip.preprocess(f)
         x = visual.transformer(visual._embeds(pixels))  # (B, 1 + T, W)
-        ours = tiny._project(x[:, :1])[:, 0]  # class token through our projection
-        ref = tiny.model.encode_image(pixels)
+        ours = tiny_clip._project(x[:, :1])[:, 0]  # class token through our projection
+        ref = tiny_clip.model.encode_image(pixels)
     np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_patch_tokens_match_open_clip_output_tokens(tiny):
+def test_patch_tokens_match_open_clip_output_tokens(tiny_clip):
     f = frames(3)
-    _, p = tiny.embed_images(f)
-    visual = tiny.model.visual
+    _, p = tiny_clip.embed_images(f)
+    visual = tiny_clip.model.visual
     visual.output_tokens = True
     try:
         with torch.inference_mode():
-            _pooled, tokens = visual(tiny.preprocess(f))  # tokens before proj
+            _pooled, tokens = visual(tiny_clip.preprocess(f))  # tokens before proj
             ref = torch.nn.functional.normalize(tokens @ visual.proj, dim=-1)
     finally:
         visual.output_tokens = False
     np.testing.assert_allclose(p, ref.numpy(), atol=1e-5)
 
 
-def test_preprocess_matches_open_clip_transform(tiny):
+def test_preprocess_matches_open_clip_transform(tiny_clip):
     """Our tensor transform vs open_clip's own PIL transform (bicubic both; small differences
     come from PIL's vs torch's bicubic kernels)."""
     import open_clip
     from PIL import Image
 
-    transform = open_clip.image_transform(tiny.image_size, is_train=False,
-                                          mean=tiny.model.visual.image_mean,
-                                          std=tiny.model.visual.image_std)
+    transform = open_clip.image_transform(tiny_clip.image_size, is_train=False,
+                                          mean=tiny_clip.model.visual.image_mean,
+                                          std=tiny_clip.model.visual.image_std)
     f = np.repeat(np.repeat(frames(2, 12, 20), 4, axis=1), 4, axis=2)  # smooth-ish 48x80
-    ours = tiny.preprocess(f).numpy()
+    ours = tiny_clip.preprocess(f).numpy()
     ref = np.stack([transform(Image.fromarray(x)).numpy() for x in f])
     assert ours.shape == ref.shape
     assert np.abs(ours - ref).mean() < 0.05
 
 
-def test_batching_does_not_change_results(tiny):
+def test_batching_does_not_change_results(tiny_clip):
     f = frames(7)
-    g1, p1 = tiny.embed_images(f)
+    g1, p1 = tiny_clip.embed_images(f)
     one = ClipEmbedder(TINY_MODEL, "none", batch_size=7)
     g2, p2 = one.embed_images(f)
     np.testing.assert_allclose(g1, g2, atol=1e-5)
@@ -104,14 +100,14 @@ def test_random_weights_are_seeded_and_warned(caplog):
     assert a.model_info == {"name": TINY_MODEL, "pretrained": "random"}
 
 
-def test_local_checkpoint_file(tmp_path, tiny):
+def test_local_checkpoint_file(tmp_path, tiny_clip):
     path = tmp_path / "tiny.pt"
-    torch.save(tiny.model.state_dict(), path)
+    torch.save(tiny_clip.model.state_dict(), path)
     loaded = ClipEmbedder(TINY_MODEL, str(path), seed=99)
     assert loaded.model_info["pretrained"].startswith("file:")
     assert len(loaded.model_info["pretrained"]) == len("file:") + 64
     f = frames(2)
-    np.testing.assert_allclose(loaded.embed_images(f)[0], tiny.embed_images(f)[0], atol=1e-6)
+    np.testing.assert_allclose(loaded.embed_images(f)[0], tiny_clip.embed_images(f)[0], atol=1e-6)
 
 
 def test_unknown_names_list_what_is_available():

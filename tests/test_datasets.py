@@ -11,10 +11,10 @@ from videocfr.precompute.datasets import (
     DatasetError,
     load_dataset,
     load_dataset_config,
-    parse_answer,
     resolve_dataset_yaml,
     video_id_from_path,
 )
+from videocfr.vlm.answers import parse_solution as parse_answer
 
 NATIVE = [
     {"video_id": "v2", "video": "b.mp4", "question_id": "q1", "question": "What?",

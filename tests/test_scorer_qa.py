@@ -12,34 +12,29 @@ from videocfr.evaluate.qa import bootstrap_ci, main, read_eval
 from videocfr.vlm.scorer import FrozenScorer, ScoreItem
 
 
-@pytest.fixture(scope="module")
-def scorer():
-    return FrozenScorer.tiny(seed=0, batch_size=4)
-
-
 def _items(n_frames=(3, 4, 8)):
     rng = np.random.default_rng(0)
     return [ScoreItem(rng.integers(0, 255, (n, 32, 48, 3), dtype=np.uint8), f"What is it {i}?",
                       ["A. a cat", "B. a dog", "C. a car"], "B") for i, n in enumerate(n_frames)]
 
 
-def test_scorer_margin_is_correct_minus_best_other(scorer):
+def test_scorer_margin_is_correct_minus_best_other(tiny_scorer):
     items = _items()
-    logits = scorer.option_logits(items)
-    margins = scorer.margins(items)
+    logits = tiny_scorer.option_logits(items)
+    margins = tiny_scorer.margins(items)
     for z, m in zip(logits, margins):
         assert z.shape == (3,) and m == pytest.approx(z[1] - max(z[0], z[2]), abs=1e-6)
-    one_by_one = np.array([scorer.margins([it])[0] for it in items])
+    one_by_one = np.array([tiny_scorer.margins([it])[0] for it in items])
     np.testing.assert_allclose(one_by_one, margins, atol=1e-5)  # batching changes nothing
     assert items[0].padded and not items[1].padded
 
 
-def test_scorer_bad_input(scorer, tmp_path):
+def test_scorer_bad_input(tiny_scorer, tmp_path):
     item = _items((2,))[0]
     with pytest.raises(ValueError, match="not one of the option letters"):
-        scorer.margins([ScoreItem(item.frames, "q", ["A. x", "B. y"], "E")])
+        tiny_scorer.margins([ScoreItem(item.frames, "q", ["A. x", "B. y"], "E")])
     with pytest.raises(ValueError, match="uint8"):
-        scorer.option_logits([ScoreItem(item.frames.astype(np.float32), "q", ["A. x"], "A")])
+        tiny_scorer.option_logits([ScoreItem(item.frames.astype(np.float32), "q", ["A. x"], "A")])
     with pytest.raises(ValueError, match="no config.json"):
         FrozenScorer.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
@@ -47,8 +42,8 @@ def test_scorer_bad_input(scorer, tmp_path):
         FrozenScorer.from_pretrained(tmp_path)
 
 
-def test_scorer_generate_is_scored_by_the_trainer_rewards(scorer):
-    texts, acc = scorer.generate_scores(_items((2,)), max_new_tokens=4)
+def test_scorer_generate_is_scored_by_the_trainer_rewards(tiny_scorer):
+    texts, acc = tiny_scorer.generate_scores(_items((2,)), max_new_tokens=4)
     assert len(texts) == 1 and acc.tolist() == [0.0]  # random weights: no <answer>
 
 
@@ -120,7 +115,7 @@ def test_cache_plot_writes_a_png(tmp_path):
     assert main(["cache", "plot", str(tmp_path / "c"), "bad000", "-o", str(out)]) == 2
 
 
-def test_qa_focus_reports_alpha_entropy_and_r_cov(scorer, tmp_path):
+def test_qa_focus_reports_alpha_entropy_and_r_cov(tiny_scorer, tmp_path):
     from videocfr.evaluate.focus import focus, shown_prior
 
     item = _items((5,))[0]
@@ -129,6 +124,6 @@ def test_qa_focus_reports_alpha_entropy_and_r_cov(scorer, tmp_path):
     p = shown_prior(prior, pos, item.padded)
     assert p.tolist() == pytest.approx([0.4 / 0.75, 0.1 / 0.75, 0.1 / 0.75, 0.1 / 0.75,
                                         0.05 / 0.75, 0.0])
-    got = focus(scorer, item, prior, pos, max_new_tokens=4)
+    got = focus(tiny_scorer, item, prior, pos, max_new_tokens=4)
     assert got["groups"] == 3 and 0 <= got["alpha_entropy"] <= np.log(3) + 1e-6
     assert 0 <= got["r_cov"] <= 1

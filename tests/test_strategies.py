@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
+from synthetic_cache import make_question, make_video
 from videocfr.evaluate.strategies import STRATEGIES, register, select, uniform_positions
-
-from tests.synthetic_cache import make_question, make_video
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))

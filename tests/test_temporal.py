@@ -170,8 +170,8 @@ def data(tmp_path_factory):
 
 
 def _stub_trainer(data, tmp_path, monkeypatch, right_when_ordered: bool):
-    """One trainer step whose generate answers B (right) only on ordered (or only on
-    shuffled) frames; the real generate still makes the token sequences."""
+    """One trainer step whose rollouts answer B (right) only on ordered (or only on
+    shuffled) frames; the real engine still makes the token sequences."""
     from videocfr.train import trainer as trainer_mod
     from videocfr.train.data import CacheSamples, process
     from videocfr.vlm.tiny import tiny_processor
@@ -179,10 +179,10 @@ def _stub_trainer(data, tmp_path, monkeypatch, right_when_ordered: bool):
     sample0 = CacheSamples(data["cache"], str(data["videos"]))[0]
     ordered_pixels = process(tiny_processor(), [sample0])["pixel_values_videos"]
     calls = []
-    real = phases.generate_rollouts
+    real = phases.sample_rollouts
 
-    def stub(model, processor, batch, *, num_generations, **kw):
-        rollout = real(model, processor, batch, num_generations=num_generations, **kw)
+    def stub(run, batch, num_generations):
+        rollout = real(run, batch, num_generations)
         ordered = torch.equal(batch["pixel_values_videos"], ordered_pixels)
         calls.append((ordered, num_generations, batch["video_grid_thw"].tolist()))
         right = ordered == right_when_ordered
@@ -190,7 +190,7 @@ def _stub_trainer(data, tmp_path, monkeypatch, right_when_ordered: bool):
                                ] * len(rollout.completions)
         return rollout
 
-    monkeypatch.setattr(phases, "generate_rollouts", stub)
+    monkeypatch.setattr(phases, "sample_rollouts", stub)
     cfg = TrainConfig.from_dict({
         "model": {"tiny": True},
         "data": {"cache_dir": str(data["cache"]), "video_root": str(data["videos"]),

@@ -7,6 +7,9 @@ Layout: `run_dir/checkpoints/step-{N:06d}/` with
 - `state.json` (step, config) written last by rank 0: a checkpoint without it is incomplete and
   is ignored by `latest_checkpoint`.
 Optimizer and RNG files are pickles written by this trainer for itself (never part of a cache).
+
+The layout helpers (`checkpoint_dir`, `latest_checkpoint`, `commit_state`, `rng_state`,
+`set_rng_state`) are shared with the ReFoCUS selector's checkpoints (videocfr.selector).
 """
 
 from __future__ import annotations
@@ -35,6 +38,18 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     root = Path(run_dir) / "checkpoints"
     done = sorted(p for p in root.glob("step-*") if (p / STATE_NAME).is_file())
     return done[-1] if done else None
+
+
+def commit_state(path: Path, state: dict, keep: int = 0) -> None:
+    """Write a checkpoint's state.json last (temp file + rename: its commit point), then keep
+    only the newest `keep` complete checkpoints of its run (0: all)."""
+    tmp = path / f".{STATE_NAME}.tmp"
+    tmp.write_text(json.dumps(state, indent=1))
+    tmp.replace(path / STATE_NAME)
+    if keep:
+        done = sorted(p for p in path.parent.glob("step-*") if (p / STATE_NAME).is_file())
+        for old in done[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def rng_state() -> dict[str, Any]:
@@ -87,12 +102,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, config: di
     torch.save(rng_state(), path / f"rng-rank{rank}.pt")
     _barrier()
     if rank == 0:
-        (path / STATE_NAME).write_text(json.dumps({"step": step, "config": config}, indent=1))
-        if keep:
-            root = Path(run_dir) / "checkpoints"
-            old = sorted(p for p in root.glob("step-*") if (p / STATE_NAME).is_file())[:-keep]
-            for p in old:
-                shutil.rmtree(p, ignore_errors=True)
+        commit_state(path, {"step": step, "config": config}, keep=keep)
     _barrier()
     log.info("checkpoint saved: %s", path)
     return path

@@ -1,7 +1,7 @@
 """The CF-GRPO trainer's configuration: nested dataclasses loaded from YAML.
 
-A YAML file has the sections `model`, `data`, `grpo`, `reward` and `run`; every key is a field
-below. Unknown keys are errors naming the key; `key=value` overrides from the command line
+A YAML file has the sections `model`, `data`, `grpo`, `reward`, `rollout` and `run`; every key is
+a field below. Unknown keys are errors naming the key; `key=value` overrides from the command line
 address fields as `section.field` (`grpo.beta=0`, `run.max_steps=10`).
 """
 
@@ -12,13 +12,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from videocfr.cache_format.config_sections import (
+    apply_overrides,
+    build_sections,
+    parse_override,  # noqa: F401  (part of this module's API: `videocfr train` overrides)
+    read_yaml_mapping,
+)
 from videocfr.vlm.answers import ANSWER_MODES
 from videocfr.vlm.coverage import ALIGNMENTS
+from videocfr.vlm.decoders import DECODERS
 
 GATES = ("soft", "hard", "none")
 LR_SCHEDULES = ("constant", "linear", "cosine")
-TINY_SHAPES = ("tiny", "2b")
+TINY_SHAPES = ("tiny", "vision", "2b")
 DECODE_METHODS = ("auto", "sequential", "seek")
 LOSS_TYPES = ("sequence", "token")
 
@@ -31,7 +37,8 @@ class ModelConfig:
         path: a Hugging Face model id or local directory of a Qwen2.5-VL checkpoint.
         tiny: build a tiny random Qwen2.5-VL and an offline processor instead (tests, demo).
         tiny_seed: seed of the tiny model's random weights.
-        tiny_shape: "tiny" (hidden 64, 2 layers: tests) or "2b" (Qwen2-VL-2B's transformer
+        tiny_shape: "tiny" (hidden 64, 2 layers: tests), "vision" (Qwen2.5-VL's vision tower,
+            a 2-layer LLM: CPU speed checks) or "2b" (Qwen2-VL-2B's transformer
             shapes with the tiny byte vocabulary: speed checks on a GPU, still random weights).
         bf16: run the policy (and reference) in bfloat16.
         attn_implementation: passed to from_pretrained ("sdpa", "eager", "flash_attention_2").
@@ -71,12 +78,14 @@ class DataConfig:
         cache_dir: a finished precompute cache (manifest.json + shards/).
         video_root: directory the cache's video paths are relative to (None: the cache config's).
         prior_cache_dir: take the priors from another cache of the same videos (e.g. one
-            re-fused with another preset by `videocfr cache refuse`); None: cache_dir.
+            re-fused with another preset by `videocfr cache re-fuse`); None: cache_dir.
         expect_config_hash: refuse a cache built with another precompute config (None: any).
         allow_missing_prior: train on pairs without a cached prior (they get no CF term and are
             counted); when false such a pair is an error.
         shuffle: shuffle the pairs each epoch (seeded by run.seed).
-        decode: "sequential" (one pass through the file), "seek" (decord get_batch) or "auto".
+        decode: "sequential" (one pass through the file), "seek" (a seek per frame) or "auto".
+        decoder: the frame decoder (vlm.decoders.DECODERS: decord, pyav); None: the one the
+            cache recorded, so the model sees the frames the prior was computed on.
         max_samples: use only the first N pairs (None: all).
         num_workers: background processes that decode and process the next micro-batches
             while the current step runs (0: decode inside the step).
@@ -90,6 +99,7 @@ class DataConfig:
     allow_missing_prior: bool = False
     shuffle: bool = True
     decode: str = "auto"
+    decoder: str | None = None
     max_samples: int | None = None
     num_workers: int = 0
     prefetch_factor: int = 2
@@ -100,6 +110,9 @@ class DataConfig:
                              f"{self.num_workers} and {self.prefetch_factor}")
         if self.decode not in DECODE_METHODS:
             raise ValueError(f"data.decode {self.decode!r} unknown; use one of {DECODE_METHODS}")
+        if self.decoder is not None and self.decoder not in DECODERS:
+            raise ValueError(f"data.decoder {self.decoder!r} unknown; use one of "
+                             f"{sorted(DECODERS)} or leave it unset (the cache's own)")
         if self.max_samples is not None and self.max_samples <= 0:
             raise ValueError(f"data.max_samples must be > 0 or null, got {self.max_samples}")
 
@@ -213,6 +226,29 @@ class RewardConfig:
 
 
 @dataclass
+class RolloutConfig:
+    """How rollouts are sampled and how the forwards see the video (train.engines).
+
+    Args:
+        engine: "shared_prefill" (one prefill of each prompt, vision tower included, its KV
+            cache shared by the G completions) or "generate" (HF generate: the prompt and its
+            video run G times); see train.engines for what another engine must honour.
+        vision_once: the policy and reference forwards run the vision tower once per prompt
+            and share its embeddings among the G rows (false: once per row, as generate does).
+    """
+
+    engine: str = "shared_prefill"
+    vision_once: bool = True
+
+    def __post_init__(self):
+        from .engines import ENGINES  # noqa: PLC0415  (the registry is the one list of names)
+
+        if self.engine not in ENGINES:
+            raise ValueError(f"rollout.engine {self.engine!r} unknown; use one of "
+                             f"{sorted(ENGINES)}")
+
+
+@dataclass
 class RunConfig:
     """How the run is driven and where it writes.
 
@@ -256,6 +292,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -264,42 +301,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> TrainConfig:
         """Build from nested plain data; unknown sections or keys raise ValueError naming them."""
-        if not isinstance(data, dict):
-            raise ValueError(f"{where}: expected a mapping of sections, got {type(data).__name__}")
-        sections = {f.name: f for f in dataclasses.fields(cls)}
-        kwargs = {}
-        for name, value in data.items():
-            if name not in sections:
-                raise ValueError(f"{where}: unknown section {name!r}; sections are "
-                                 f"{sorted(sections)}")
-            section_cls = _SECTION_TYPES[name]
-            kwargs[name] = _build(section_cls, value or {}, f"{where}.{name}")
-        return cls(**kwargs)
+        return cls(**build_sections(_SECTION_TYPES, data, where))
 
 
 _SECTION_TYPES = {"model": ModelConfig, "data": DataConfig, "grpo": GRPOConfig,
-                  "reward": RewardConfig, "run": RunConfig}
-
-
-def _build(section_cls, values: dict[str, Any], where: str):
-    if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
-    known = {f.name for f in dataclasses.fields(section_cls)}
-    for key in values:
-        if key not in known:
-            raise ValueError(f"{where}: unknown key {key!r}; known keys are {sorted(known)}")
-    return section_cls(**values)
-
-
-def parse_override(text: str) -> tuple[str, str, Any]:
-    """`section.key=value` -> (section, key, YAML-parsed value)."""
-    if "=" not in text:
-        raise ValueError(f"override {text!r} is not of the form section.key=value")
-    lhs, rhs = text.split("=", 1)
-    if lhs.count(".") != 1:
-        raise ValueError(f"override {text!r}: the key must be section.key, e.g. grpo.beta=0")
-    section, key = lhs.split(".")
-    return section, key, yaml.safe_load(rhs) if rhs else None
+                  "reward": RewardConfig, "rollout": RolloutConfig, "run": RunConfig}
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
@@ -316,20 +322,9 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     data: dict[str, Any] = {}
     where = "config"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"train config {path} not found; see configs/train/ for "
-                                    f"examples")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml_mapping(path, "train config", "configs/train/")
         where = str(path)
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of sections at the top level")
-    data = {k: dict(v or {}) for k, v in data.items()} if isinstance(data, dict) else data
-    given = set()
-    for text in overrides:
-        section, key, value = parse_override(text)
-        data.setdefault(section, {})[key] = value
-        given.add((section, key))
+    given = apply_overrides(data, overrides)
     if ("model", "path") in given and ("model", "tiny") not in given:
         data["model"]["tiny"] = False  # `model.path=...` on a tiny config means "use this model"
     return TrainConfig.from_dict(data, where)

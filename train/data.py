@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from videocfr.cache_format import Cache, CacheError
+from videocfr.vlm.decoders import cache_decoder
 from videocfr.vlm.prompts import build_prompt, chat_messages, problem_type_of, question_problem
 from videocfr.vlm.video import read_frames, resolve_video_root
 
@@ -64,11 +65,12 @@ class CacheSamples:
         expect_config_hash: refuse a cache made with another precompute config.
         decode: read_frames method ("auto", "sequential", "seek").
         max_samples: keep only the first N pairs (in the cache's key order).
+        decoder: the frame decoder backend; None: the one the cache recorded (cache_decoder).
     """
 
     def __init__(self, cache_dir: str | Path, video_root: str | None = None,
                  expect_config_hash: str | None = None, decode: str = "auto",
-                 max_samples: int | None = None):
+                 max_samples: int | None = None, decoder: str | None = None):
         cache_dir = Path(cache_dir)
         if not (cache_dir / "manifest.json").is_file():
             raise FileNotFoundError(
@@ -77,6 +79,7 @@ class CacheSamples:
         self.cache = Cache(cache_dir, expect_config_hash=expect_config_hash)
         self.video_root = resolve_video_root(self.cache, video_root)
         self.decode = decode
+        self.decoder = decoder or cache_decoder(self.cache.config)
         keys = sorted(self.cache.keys())
         if max_samples is not None:
             keys = keys[:max_samples]
@@ -98,7 +101,8 @@ class CacheSamples:
             raise CacheError(f"video {video_id!r}: K = {k} cached frames; Qwen2.5-VL needs K "
                              f"even (two frames per temporal group) — rebuild the cache")
         problem_type = problem_type_of(question.problem_type, question.options)
-        frames = read_frames(self.video_root / video.path, video.frame_indices, self.decode)
+        frames = read_frames(self.video_root / video.path, video.frame_indices, self.decode,
+                             decoder=self.decoder)
         return Sample(video_id=video_id, question_id=question_id,
                       prompt=build_prompt(question.question, question.options, problem_type),
                       answer=question.answer, problem_type=problem_type, frames=frames,

@@ -29,11 +29,12 @@ from videocfr.vlm.alpha import alpha_entropy, frame_usage, video_group_spans
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
 from .data import Sample, process
+from .engines import Sampling, make_engine
 from .grpo import group_advantages, grpo_loss
 from .loader import LoadedBatch
 from .metrics import MetricsWriter, merge_metrics, reduce_metrics
 from .optim import Accumulator, schedule_lr, set_lr
-from .rollout import Rollout, generate_rollouts, policy_forward
+from .rollout import Rollout, policy_forward
 from .scoring import StepRewards, StepScores
 from .temporal import shuffle_sample_frames
 
@@ -115,17 +116,20 @@ def load_batch(run: Run, timings: dict[str, float]) -> Batch:
     return Batch(indices=loaded.indices, samples=loaded.samples, priors=found, prompts=prompts)
 
 
-def _generate(run: Run, prompts, num_generations: int) -> Rollout:
+def sample_rollouts(run: Run, prompts, num_generations: int) -> Rollout:
+    """G completions per prompt from the configured engine (rollout.engine, train.engines)."""
     g = run.cfg.grpo
-    return generate_rollouts(run.model, run.processor, prompts, num_generations=num_generations,
-                             max_new_tokens=g.max_completion_length, temperature=g.temperature,
-                             top_p=g.top_p, synced_gpus=run.synced_gpus)
+    sampling = Sampling(max_new_tokens=g.max_completion_length, temperature=g.temperature,
+                        top_p=g.top_p)
+    return make_engine(run.cfg.rollout.engine).rollout(
+        run.model, run.processor, prompts, num_generations=num_generations, sampling=sampling,
+        synced_gpus=run.synced_gpus)
 
 
 def rollouts(run: Run, batch: Batch, timings: dict[str, float]) -> Rollout:
     """G completions per prompt (every rank joins every forward under ZeRO-3)."""
     with timed(timings, "rollout"):
-        return _generate(run, batch.prompts, run.cfg.grpo.num_generations)
+        return sample_rollouts(run, batch.prompts, run.cfg.grpo.num_generations)
 
 
 def shuffled_rollouts(run: Run, batch: Batch, step: int, timings: dict[str, float]
@@ -144,7 +148,7 @@ def shuffled_rollouts(run: Run, batch: Batch, step: int, timings: dict[str, floa
         if not torch.equal(prompts["video_grid_thw"], batch.prompts["video_grid_thw"]):
             raise RuntimeError("shuffling the frames changed the video grid; the processor must "
                                "see the same frame count and size in both orders")
-        return _generate(run, prompts, max(1, run.cfg.grpo.num_generations // 2))
+        return sample_rollouts(run, prompts, max(1, run.cfg.grpo.num_generations // 2))
 
 
 def policy_pass(run: Run, rollout: Rollout, timings: dict[str, float]
@@ -157,10 +161,11 @@ def policy_pass(run: Run, rollout: Rollout, timings: dict[str, float]
     run.model.train()
     with timed(timings, "policy_forward"):
         logp, hidden = policy_forward(run.forward_model, rollout, run.cfg.grpo.temperature,
-                                      hidden_states=True)
+                                      hidden_states=True,
+                                      vision_once=run.cfg.rollout.vision_once)
     with timed(timings, "cf"):
         cfg = run.model.config
-        spans = video_group_spans(rollout.inputs["input_ids"], rollout.inputs["video_grid_thw"],
+        spans = video_group_spans(rollout.inputs["input_ids"], rollout.row_grid,
                                   cfg.video_token_id, cfg.vision_config.spatial_merge_size)
         mask = rollout.completion_mask.to(logp.device)
         alphas = frame_usage(hidden, spans, mask, run.cfg.reward.tau_alpha)
@@ -197,7 +202,8 @@ def reference_forward(run: Run, rollout: Rollout, timings: dict[str, float]
     if run.ref is None:
         return None
     with timed(timings, "reference_forward"), torch.no_grad():
-        return policy_forward(run.ref, rollout, run.cfg.grpo.temperature)[0]
+        return policy_forward(run.ref, rollout, run.cfg.grpo.temperature,
+                              vision_once=run.cfg.rollout.vision_once)[0]
 
 
 @dataclass
@@ -253,7 +259,8 @@ def later_updates(run: Run, trained: list[Trained], step: int, timings: dict[str
         set_update_lr(run, step, update)
         for t in trained:
             with timed(timings, "policy_forward"):
-                logp, _ = policy_forward(run.forward_model, t.rollout, run.cfg.grpo.temperature)
+                logp, _ = policy_forward(run.forward_model, t.rollout, run.cfg.grpo.temperature,
+                                         vision_once=run.cfg.rollout.vision_once)
             stats.append(backward(run, t.rollout, logp, t.advantages, t.old_logp, t.ref_logp,
                                   step, timings))
     return stats

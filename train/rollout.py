@@ -1,8 +1,10 @@
-"""Rollouts: G sampled completions per prompt, and the one policy forward over them.
+"""Rollouts: G completions per prompt (train.engines samples them), and the one policy forward.
 
-`generate_rollouts` samples with HF `generate`; `policy_forward` runs the single forward pass on
-prompt + completion that gives both the completion log-probs (for the loss) and, with
-`output_hidden_states`, the last layer's hidden states (for α). Nothing else runs the policy.
+`policy_forward` runs the single forward pass on prompt + completion that gives both the
+completion log-probs (for the loss) and, with `output_hidden_states`, the last layer's hidden
+states (for α). Nothing else runs the policy. With `vision_once` the vision tower runs on the B
+prompts' videos and its embeddings serve all B·G rows (train.qwen_vl); otherwise every row
+carries its own copy of its prompt's video and the tower runs B·G times.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
+from . import qwen_vl
 from .grpo import selective_log_softmax
+
+FIX_VISION_ONCE = "rollout.vision_once: false"
 
 
 @dataclass
@@ -21,9 +26,10 @@ class Rollout:
     Rows are ordered prompt-major: row b*G + g is completion g of prompt b.
 
     Args:
-        inputs: model inputs of the full sequences: input_ids / attention_mask /
-            mm_token_type_ids int64 [B*G, P+C], pixel_values_videos (each prompt's patches
-            repeated G times), video_grid_thw int64 [B*G, 3], second_per_grid_ts float [B*G].
+        inputs: the full sequences: input_ids / attention_mask / mm_token_type_ids int64
+            [B*G, P+C].
+        videos: the B prompts' videos, once: pixel_values_videos [Σ_b t_b·h_b·w_b, D_patch],
+            video_grid_thw int64 [B, 3], second_per_grid_ts float [B] (when present).
         completion_ids: int64 [B*G, C], tokens after the prompt (padding after EOS).
         completion_mask: float32 [B*G, C], 1 up to and including the first EOS.
         completions: decoded completion texts (special tokens removed), length B*G.
@@ -31,6 +37,7 @@ class Rollout:
     """
 
     inputs: dict[str, torch.Tensor]
+    videos: dict[str, torch.Tensor]
     completion_ids: torch.Tensor
     completion_mask: torch.Tensor
     completions: list[str]
@@ -40,29 +47,11 @@ class Rollout:
     def completion_length(self) -> int:
         return int(self.completion_ids.shape[1])
 
-
-def repeat_videos(batch, num_generations: int) -> dict[str, torch.Tensor]:
-    """Repeat each prompt's video tensors G times, in the row order generate uses.
-
-    Args:
-        batch: processor output for B prompts with one video each.
-        num_generations: G.
-
-    Returns:
-        dict with pixel_values_videos [(Σ_b G·t_b·h_b·w_b), D], video_grid_thw int64 [B*G, 3],
-        second_per_grid_ts [B*G] (when present).
-    """
-    grid = batch["video_grid_thw"]  # (B, 3)
-    counts = grid.prod(dim=-1).tolist()
-    chunks = torch.split(batch["pixel_values_videos"], counts, dim=0)
-    out = {
-        "pixel_values_videos": torch.cat([c for c in chunks for _ in range(num_generations)]),
-        "video_grid_thw": grid.repeat_interleave(num_generations, dim=0),
-    }
-    if "second_per_grid_ts" in batch:
-        out["second_per_grid_ts"] = torch.as_tensor(batch["second_per_grid_ts"]).repeat_interleave(
-            num_generations, dim=0)
-    return out
+    @property
+    def row_grid(self) -> torch.Tensor:
+        """int64 [B*G, 3], the video grid of each row."""
+        return self.videos["video_grid_thw"][self.prompt_index.to(
+            self.videos["video_grid_thw"].device)]
 
 
 def completion_mask_of(completion_ids: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
@@ -83,64 +72,78 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return sorted(set(ids))
 
 
-@torch.no_grad()
-def generate_rollouts(model, processor, batch, *, num_generations: int, max_new_tokens: int,
-                      temperature: float, top_p: float, synced_gpus: bool = False) -> Rollout:
-    """Sample G completions for every prompt of a batch.
+def pad_token_id(tokenizer, eos: list[int]) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+
+
+def build_rollout(prompts, sequences: torch.Tensor, num_generations: int, eos: list[int],
+                  tokenizer, engine: str) -> Rollout:
+    """The Rollout of B prompts from an engine's B*G sequences (prompt ids + completion ids).
 
     Args:
-        model: the policy (an unwrapped Qwen2.5-VL; under ZeRO-3 the engine's module).
-        processor: its processor (the tokenizer decodes completions).
-        batch: processor output for B prompts (left padded), on the model's device.
+        prompts: processor output of the B prompts (left padded), as the trainer made it.
+        sequences: int64 [B*G, P+C], prompt-major; the first P columns must be the prompts'
+            own ids (each repeated G times).
         num_generations: G.
-        max_new_tokens: cap on completion tokens.
-        temperature, top_p: sampling parameters.
-        The vision placeholder tokens are suppressed (a completion never holds a video).
-        synced_gpus: keep ranks stepping together (required under ZeRO-3 with > 1 rank: every
-            rank must join every forward to gather the sharded parameters).
+        eos: the ids that end a completion.
+        tokenizer: decodes the completions.
+        engine: the engine's name (for errors).
 
-    Returns:
-        Rollout.
+    Raises:
+        ValueError: the engine's prompt ids differ from the trainer's (the forward would score
+            other tokens than were sampled), or it returned no new token.
     """
-    tokenizer = processor.tokenizer
-    eos = eos_token_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    prompt_len = batch["input_ids"].shape[1]
-    # A vision placeholder inside a completion would be read as a second video by the forward.
-    cfg = model.config
-    suppress = [getattr(cfg, n, None) for n in ("video_token_id", "image_token_id",
-                                                "vision_start_token_id", "vision_end_token_id")]
-    was_training = model.training
-    model.eval()
-    sequences = model.generate(
-        **batch, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
-        num_return_sequences=num_generations, max_new_tokens=max_new_tokens,
-        eos_token_id=eos, pad_token_id=pad_id, synced_gpus=synced_gpus,
-        suppress_tokens=[t for t in suppress if t is not None],
-    )  # (B*G, P+C)
-    model.train(was_training)
-    completion_ids = sequences[:, prompt_len:]
-    if completion_ids.shape[1] == 0:
-        raise RuntimeError("generate returned no new tokens; check grpo.max_completion_length")
-    completion_mask = completion_mask_of(completion_ids, eos)  # (B*G, C)
     G = num_generations
-    prompt_mask = batch["attention_mask"].repeat_interleave(G, dim=0)
-    mm_types = batch["mm_token_type_ids"].repeat_interleave(G, dim=0)
+    ids = prompts["input_ids"]
+    B, P = ids.shape
+    if sequences.dim() != 2 or sequences.shape[0] != B * G or sequences.shape[1] <= P:
+        raise ValueError(f"rollout.engine {engine}: returned sequences of shape "
+                         f"{tuple(sequences.shape)} for {B} prompts of {P} tokens x G={G}; it "
+                         f"must return [B*G, P+C] with C >= 1 (check grpo.max_completion_length) "
+                         f"or set rollout.engine: generate")
+    if not torch.equal(sequences[:, :P], ids.repeat_interleave(G, dim=0).to(sequences.device)):
+        raise ValueError(f"rollout.engine {engine}: the prompt ids it returned differ from the "
+                         f"trainer's (another template, tokenizer or truncation); the engine "
+                         f"must take the trainer's prompt ids as they are, or set "
+                         f"rollout.engine: generate")
+    completion_ids = sequences[:, P:]
+    completion_mask = completion_mask_of(completion_ids, eos)  # (B*G, C)
+    pad = pad_token_id(tokenizer, eos)
     inputs = {
         "input_ids": sequences,
-        "attention_mask": torch.cat([prompt_mask, completion_mask.long()], dim=1),
-        "mm_token_type_ids": torch.cat([mm_types, torch.zeros_like(completion_ids)], dim=1),
-        **repeat_videos(batch, G),
+        "attention_mask": torch.cat([prompts["attention_mask"].repeat_interleave(G, dim=0),
+                                     completion_mask.long()], dim=1),
+        "mm_token_type_ids": torch.cat([prompts["mm_token_type_ids"].repeat_interleave(G, dim=0),
+                                        torch.zeros_like(completion_ids)], dim=1),
     }
-    texts = tokenizer.batch_decode(completion_ids.masked_fill(completion_mask == 0, pad_id),
+    videos = {k: prompts[k] for k in ("pixel_values_videos", "video_grid_thw",
+                                      "second_per_grid_ts") if k in prompts}
+    texts = tokenizer.batch_decode(completion_ids.masked_fill(completion_mask == 0, pad),
                                    skip_special_tokens=True)
-    index = torch.arange(batch["input_ids"].shape[0]).repeat_interleave(G)
-    return Rollout(inputs=inputs, completion_ids=completion_ids, completion_mask=completion_mask,
-                   completions=texts, prompt_index=index)
+    return Rollout(inputs=inputs, videos=videos, completion_ids=completion_ids,
+                   completion_mask=completion_mask, completions=texts,
+                   prompt_index=torch.arange(B).repeat_interleave(G))
 
 
-def policy_forward(model, rollout: Rollout, temperature: float, hidden_states: bool = False
-                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def forward_inputs(model, rollout: Rollout, vision_once: bool) -> dict:
+    """The keyword arguments of the policy forward over the rollout's rows.
+
+    vision_once: the vision tower runs here on the B videos (with grad when the model trains)
+    and the model gets `mm_encoder_outputs`; otherwise each row carries its prompt's pixels.
+    """
+    index = rollout.prompt_index
+    if not rollout.videos:
+        return dict(rollout.inputs)
+    if not vision_once:
+        return {**rollout.inputs, **qwen_vl.repeat_pixels(rollout.videos, index)}
+    qwen_vl.check_precomputed_vision(model, "rollout.vision_once", FIX_VISION_ONCE)
+    video = qwen_vl.video_outputs(model, rollout.videos)
+    return {**rollout.inputs, **qwen_vl.row_videos(rollout.videos, index),
+            "mm_encoder_outputs": {"video": qwen_vl.expand_video_outputs(video, index)}}
+
+
+def policy_forward(model, rollout: Rollout, temperature: float, hidden_states: bool = False,
+                   vision_once: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The one forward over prompt + completion.
 
     Args:
@@ -148,14 +151,15 @@ def policy_forward(model, rollout: Rollout, temperature: float, hidden_states: b
         rollout: the sequences.
         temperature: logits are divided by it, so log-probs are those of the sampling policy.
         hidden_states: also return the last layer's hidden states (for α).
+        vision_once: run the vision tower once per prompt (rollout.vision_once).
 
     Returns:
         logp: float32 [B*G, C], log-probs of the completion tokens.
         hidden: [B*G, P+C, D] last-layer hidden states (None unless asked); not detached.
     """
     C = rollout.completion_length
-    out = model(**rollout.inputs, output_hidden_states=hidden_states, logits_to_keep=C + 1,
-                use_cache=False)
+    out = model(**forward_inputs(model, rollout, vision_once),
+                output_hidden_states=hidden_states, logits_to_keep=C + 1, use_cache=False)
     logits = out.logits[:, :-1]  # (B*G, C, V): position t predicts t+1; kept in model dtype
     if temperature != 1.0:
         logits = logits / temperature

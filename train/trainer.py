@@ -3,10 +3,12 @@
 One step is a list of phases (train.phases; `train` below reads as that list):
 1. load_batch: B (video, question) pairs of the cache, exactly the cached frames decoded (ahead
    of time, train.loader), and their priors looked up in the in-memory PriorTable (O(1));
-2. rollouts: G completions per prompt with HF generate;
+2. rollouts: G completions per prompt from the rollout engine (train.engines; by default one
+   prefill per prompt, vision tower included, its KV cache shared by the G completions);
 3. shuffled_rollouts (reward.temporal): G/2 more on the same frames shuffled, scored only;
 4. policy_pass: ONE forward of the policy on prompt + completion with output_hidden_states: the
-   completion log-probs (for the loss) and the last layer's hidden states (for α);
+   completion log-probs (for the loss) and the last layer's hidden states (for α); the vision
+   tower runs once per prompt and its embeddings serve the G rows (rollout.vision_once);
 5. score: R = R_acc (+ temporal bonus) + R_format (+ length) + λ·gate(R_acc)·r_cov
    (train.scoring; no CLIP, no decode, no extra forward), group-normalised advantages;
 6. reference_forward (only when β > 0); 7. backward: clipped loss + β·KL_k3, `loss_type`
@@ -212,7 +214,7 @@ def setup(cfg: TrainConfig, resume: bool, extra_rewards: list) -> tuple[Run, int
 
     # Data first: a missing cache should fail before minutes of model loading.
     samples = CacheSamples(cfg.data.cache_dir, cfg.data.video_root, cfg.data.expect_config_hash,
-                           cfg.data.decode, cfg.data.max_samples)
+                           cfg.data.decode, cfg.data.max_samples, decoder=cfg.data.decoder)
     if cfg.data.prior_cache_dir is None:
         priors = PriorTable.load(cfg.data.cache_dir, cfg.data.expect_config_hash)
     else:  # another cache (e.g. re-fused), so another config hash

@@ -25,7 +25,7 @@ STAGES = {
     "precompute": ("videocfr.precompute.cli", "decode, detect scenes, embed, write a prior cache"),
     "train": ("videocfr.train.cli", "CF-GRPO training with priors looked up from a cache"),
     "evaluate": ("videocfr.evaluate.cli", "QA accuracy, V-NIAH and focus metrics"),
-    "select": ("videocfr.selector.select", "frames per question from a trained selector"),
+    "select": ("videocfr.selector.select", "frames per question: a strategy or a selector"),
 }
 # the extra that installs a module's dependencies, when it is not the command's own name
 EXTRAS = {"videocfr.selector.select": "train", "videocfr.selector.margins": "train",

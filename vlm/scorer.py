@@ -150,7 +150,9 @@ class FrozenScorer:
         return cls(model, processor, **kw)
 
     # -- inputs --------------------------------------------------------------------------------
-    def _batch(self, items: list[ScoreItem], prompts: list[str]):
+    def batch_inputs(self, items: list[ScoreItem], prompts: list[str]):
+        """The processor inputs of items shown with their prompts (Qwen2.5-VL's chat and
+        video call; an odd frame count repeats the last frame), on the scorer's device."""
         from transformers.video_utils import VideoMetadata
 
         from .prompts import chat_messages
@@ -198,7 +200,7 @@ class FrozenScorer:
                                      f"scoring needs multiple choice (use generate mode)")
                 prompts.append(item.question.strip() + "\nOptions:\n" + "\n".join(item.options)
                                + "\n" + LETTER_PROMPT)
-            batch = self._batch(chunk, prompts)
+            batch = self.batch_inputs(chunk, prompts)
             with torch.inference_mode():
                 logits = self.model(**batch).logits[:, -1, :].float()  # (B, V), left padded
             for row, item in enumerate(chunk):
@@ -226,8 +228,6 @@ class FrozenScorer:
 
     def generate(self, items: list[ScoreItem], max_new_tokens: int = 256) -> list[str]:
         """Greedy answers to the trainer's Video-R1 prompt (think, then <answer>...</answer>)."""
-        import torch
-
         from .prompts import build_prompt, problem_type_of
 
         texts: list[str] = []
@@ -235,12 +235,20 @@ class FrozenScorer:
             chunk = items[start:start + self.batch_size]
             prompts = [build_prompt(it.question, it.options,
                                     problem_type_of(it.problem_type, it.options)) for it in chunk]
-            batch = self._batch(chunk, prompts)
-            with torch.inference_mode():
-                ids = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-            new = ids[:, batch["input_ids"].shape[1]:]
-            texts += self.processor.batch_decode(new, skip_special_tokens=True)
+            texts += self.generate_prompts(chunk, prompts, max_new_tokens)
         return texts
+
+    def generate_prompts(self, items: list[ScoreItem], prompts: list[str],
+                         max_new_tokens: int = 256, **generate_kw) -> list[str]:
+        """Answers to given user texts (one batch; greedy unless `generate_kw` says otherwise)."""
+        import torch
+
+        batch = self.batch_inputs(items, prompts)
+        generate_kw = {"do_sample": False, **generate_kw}
+        with torch.inference_mode():
+            ids = self.model.generate(**batch, max_new_tokens=max_new_tokens, **generate_kw)
+        new = ids[:, batch["input_ids"].shape[1]:]
+        return self.processor.batch_decode(new, skip_special_tokens=True)
 
     def generate_scores(self, items: list[ScoreItem], max_new_tokens: int = 256
                         ) -> tuple[list[str], np.ndarray]:

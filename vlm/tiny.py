@@ -137,6 +137,15 @@ SHAPES: dict[str, dict[str, dict]] = {
         "vision": dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, window_size=56,
                        fullatt_block_indexes=[1]),
     },
+    # "vision": Qwen2.5-VL's real 32-layer vision tower (670M parameters) with a 2-layer LLM
+    # of hidden 256: a shape where the vision tower is most of a forward, for CPU speed checks
+    # of running it once per prompt (benchmarks/bench_train_step.py --size vision).
+    "vision": {
+        "text": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, mrope_section=[8, 12, 12]),
+        "vision": dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                       window_size=112, fullatt_block_indexes=[7, 15, 23, 31]),
+    },
     "2b": {
         "text": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                      num_attention_heads=12, num_key_value_heads=2, mrope_section=[16, 24, 24]),

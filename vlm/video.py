@@ -2,7 +2,7 @@
 
 The policy must see exactly the frames the prior was computed on: frame k of the model's input is
 cached frame k, so prior index k and the model's frame k are the same picture. Indices are frame
-numbers in decord's numbering (the decoder precompute used).
+numbers of the decoder's index; the backend is the one the cache recorded (vlm.decoders).
 """
 
 from __future__ import annotations
@@ -13,30 +13,27 @@ from pathlib import Path
 import numpy as np
 from videocfr.cache_format import Cache
 
-log = logging.getLogger(__name__)
+from .decoders import READ_METHODS, get_decoder
 
-# Below this mean gap between wanted frames, one sequential pass beats a seek per frame: a seek
-# decodes from the previous keyframe anyway, so dense indices re-decode the same GOP many times.
-SEQUENTIAL_MAX_GAP = 16
+log = logging.getLogger(__name__)
 
 
 def read_frames(path: str | Path, indices: np.ndarray, method: str = "auto",
-                num_threads: int = 1) -> np.ndarray:
+                num_threads: int = 1, decoder: str = "decord") -> np.ndarray:
     """Decode the given frames of a video file.
 
     Args:
         path: the video file.
-        indices: int64 [K], ascending frame numbers (decord numbering).
+        indices: int64 [K], ascending frame numbers (the decoder's index of the file).
         method: "sequential" (one pass from the first wanted frame, skipping the others),
-            "seek" (decord get_batch, a seek per frame) or "auto" (sequential when the wanted
-            frames are dense: mean gap <= SEQUENTIAL_MAX_GAP).
+            "seek" (a seek per frame) or "auto" (sequential when the wanted frames are dense:
+            mean gap <= vlm.decoders.SEQUENTIAL_MAX_GAP).
         num_threads: decoder threads.
+        decoder: the backend (vlm.decoders.DECODERS); a cache's own is `cache_decoder(config)`.
 
     Returns:
         uint8 [K, H, W, 3] RGB frames in the order of `indices`.
     """
-    import decord  # noqa: PLC0415  (optional dependency of the train extra)
-
     path = Path(path)
     indices = np.asarray(indices, dtype=np.int64)
     if indices.ndim != 1 or indices.size == 0:
@@ -44,43 +41,13 @@ def read_frames(path: str | Path, indices: np.ndarray, method: str = "auto",
                          f"{indices.shape}")
     if np.any(np.diff(indices) < 0):
         raise ValueError(f"{path}: frame indices must be ascending")
+    if method not in READ_METHODS:
+        raise ValueError(f"decode method {method!r} unknown; use auto, sequential or seek")
+    backend = get_decoder(decoder)
     if not path.is_file():
         raise FileNotFoundError(f"video {path} not found; set data.video_root to the directory "
                                 f"the cache's video paths are relative to")
-    try:
-        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads)
-    except decord.DECORDError as err:
-        raise RuntimeError(f"decord cannot open {path}: {err}") from err
-    n = len(vr)
-    if indices[0] < 0 or indices[-1] >= n:
-        raise ValueError(f"{path}: cached frame indices reach {int(indices[-1])} but the file has "
-                         f"{n} frames; the video changed since precompute (check its content "
-                         f"hash) or data.video_root points at other files")
-    if method == "auto":
-        span = int(indices[-1] - indices[0]) + 1
-        method = "sequential" if span <= SEQUENTIAL_MAX_GAP * len(indices) else "seek"
-    if method == "seek":
-        return vr.get_batch(indices.tolist()).asnumpy()
-    if method != "sequential":
-        raise ValueError(f"decode method {method!r} unknown; use auto, sequential or seek")
-    return _sequential(vr, indices)
-
-
-def _sequential(vr, indices: np.ndarray) -> np.ndarray:
-    """One forward pass: seek once to the first wanted frame, then next()/skip_frames()."""
-    vr.seek_accurate(int(indices[0]))
-    frames = []
-    pos = int(indices[0])
-    for idx in indices.tolist():
-        if idx > pos:
-            vr.skip_frames(idx - pos)
-            pos = idx
-        if idx < pos:  # a repeated index: reuse the frame just decoded
-            frames.append(frames[-1])
-            continue
-        frames.append(vr.next().asnumpy())
-        pos += 1
-    return np.stack(frames)
+    return backend.read_at(path, indices, method, num_threads)
 
 
 def resolve_video_root(cache: Cache, override: str | None) -> Path:

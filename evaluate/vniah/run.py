@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 from videocfr.cache_format import Cache, CacheError
+from videocfr.vlm.decoders import cache_decoder
 
 from ..strategies import make_strategy, select
 from .build import Needle, load_needles
@@ -102,19 +103,21 @@ def score(cache: Cache, needles: list[Needle], strategies: list[str], budgets: l
                 pos = select(fn, video, question, n, rng)
                 correct = None
                 if scorer is not None:
-                    correct = _answer(scorer, video, question, pos, video_root)
+                    correct = _answer(scorer, video, question, pos, video_root,
+                                      cache_decoder(cache.config))
                 rows.append(Row(needle.video_id, needle.haystack, needle.needle,
                                 needle.length_s, needle.depth, name, n,
                                 bool(np.isin(pos, truth).any()), mass, correct))
     return rows, dict(problems)
 
 
-def _answer(scorer, video, question, pos: np.ndarray, video_root: Path) -> float:
+def _answer(scorer, video, question, pos: np.ndarray, video_root: Path,
+            decoder: str = "decord") -> float:
     from videocfr.vlm.scorer import ScoreItem
 
     from ..frames import load_frames
 
-    frames, ts = load_frames(video_root, video, pos)
+    frames, ts = load_frames(video_root, video, pos, decoder=decoder)
     item = ScoreItem(frames, question.question, question.options, question.answer,
                      question.problem_type, ts)
     z = scorer.option_logits([item])[0]

@@ -1,4 +1,4 @@
-"""`videocfr cache refuse`: new consensus priors from a cache's stored saliences.
+"""`videocfr cache re-fuse`: new consensus priors from a cache's stored saliences.
 
 A team that did not pay for the decode + CLIP pass re-weights the sources another way (another
 preset, other weights, another temperature). Every input of the fusion is in the cache (the three
@@ -29,7 +29,14 @@ import numpy as np
 from tqdm import tqdm
 
 from . import schema
-from .fusion import FusionConfig, fuse, minmax, novelty_salience
+from .fusion import (
+    FUSION_INPUTS,
+    WEIGHT_FIELDS,
+    FusionConfig,
+    fuse,
+    minmax,
+    novelty_salience,
+)
 from .io import fsync_dir
 from .reader import Cache
 from .records import QuestionRecord, VideoRecord
@@ -38,7 +45,7 @@ from .writer import ShardWriter, finalize_cache
 
 log = logging.getLogger(__name__)
 
-REFUSED_FROM = "refused_from"  # config key: the source cache's config hash
+RE_FUSED_FROM = "refused_from"  # config key: the source cache's config hash
 SEMANTIC_ATOL = 1e-3  # stored semantic vs min-max of stored semantic_raw (float32 round trips)
 
 
@@ -57,7 +64,7 @@ def check_saliences(video: VideoRecord, q: QuestionRecord, where: str) -> None:
     """
     who = f"{where}: video {q.video_id!r} question {q.question_id!r}"
     k = video.num_sampled
-    for name in ("uniform", "scene", "semantic", "semantic_raw"):
+    for name in FUSION_INPUTS:
         arr = getattr(q, name)
         if arr.shape != (k,):
             raise schema.SchemaError(f"{who}: salience {name} has shape {arr.shape}, the video "
@@ -82,11 +89,11 @@ def check_saliences(video: VideoRecord, q: QuestionRecord, where: str) -> None:
                                      f"semantic_raw by {gap:.3g}: the two are inconsistent")
 
 
-def refused_config(source_config: dict, source_hash: str, fusion: FusionConfig) -> dict:
+def re_fused_config(source_config: dict, source_hash: str, fusion: FusionConfig) -> dict:
     """The config of a re-fused cache: the source's, with the new fusion and its origin."""
     config = copy.deepcopy(source_config)
     config["fusion"] = dataclasses.asdict(fusion)
-    config[REFUSED_FROM] = source_hash
+    config[RE_FUSED_FROM] = source_hash
     return config
 
 
@@ -104,8 +111,7 @@ def fusion_from_cli(preset: str, weights: str | None, temperature: float | None,
             raise ValueError(f"--weights {weights!r}: give 3 or 4 numbers wu,ws,wr[,wn]") from None
         if len(values) not in (3, 4):
             raise ValueError(f"--weights {weights!r}: give 3 or 4 numbers wu,ws,wr[,wn]")
-        names = ("w_uniform", "w_scene", "w_semantic", "w_novelty")
-        kwargs.update(zip(names, values))
+        kwargs.update(zip(WEIGHT_FIELDS, values))
     if temperature is not None:
         kwargs["temperature"] = float(temperature)
     frac = ((source_config or {}).get("fusion") or {}).get("semantic_top_frac")
@@ -125,8 +131,7 @@ def _shard_records(f, where: str, needs_novelty: bool, fusion: FusionConfig):
     bounds = f["scenes/bounds"][()]
     qo = f["questions/frame_offset"][()]
     qrow = f["questions/video_row"][()]
-    qf = {name: f[f"qframes/{name}"][()] for name in
-          ("uniform", "scene", "semantic", "semantic_raw")}
+    qf = {name: f[f"qframes/{name}"][()] for name in FUSION_INPUTS}
     text_emb = f["questions/text_embedding"][()]
     qtext = {name: _str(f, f"questions/{name}") for name in
              ("video_id", "question_id", "question", "options", "answer", "problem_type")}
@@ -186,7 +191,7 @@ def _shard_records(f, where: str, needs_novelty: bool, fusion: FusionConfig):
         yield video, questions, aliases.get(v, [])
 
 
-def refuse_cache(source: str | Path, out: str | Path, fusion: FusionConfig,
+def re_fuse_cache(source: str | Path, out: str | Path, fusion: FusionConfig,
                  max_videos: int | None = None) -> dict:
     """Re-fuse every prior of `source` with `fusion` into a new cache at `out`.
 
@@ -202,12 +207,12 @@ def refuse_cache(source: str | Path, out: str | Path, fusion: FusionConfig,
     Raises:
         CacheError / SchemaError: unreadable source, bad saliences (named), non-empty `out`.
     """
-    out = local_only(out, "the output of `videocfr cache refuse`")
+    out = local_only(out, "the output of `videocfr cache re-fuse`")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise schema.CacheError(f"output {out} exists and is not an empty directory; refuse "
                                 f"writes a new cache")
     src = Cache(source)
-    config = refused_config(src.config, src.config_hash, fusion)
+    config = re_fused_config(src.config, src.config_hash, fusion)
     if max_videos is None:
         shards_cfg = src.config.get("shards") if isinstance(src.config.get("shards"), dict) else {}
         max_videos = shards_cfg.get("max_videos", 1000)
@@ -223,7 +228,7 @@ def refuse_cache(source: str | Path, out: str | Path, fusion: FusionConfig,
         with ShardWriter(stage, config, embed_dim=m["embed_dim"], model=m["model"],
                          library_versions=m["library_versions"],
                          max_videos=max_videos) as writer:
-            for i, path in enumerate(tqdm(src.shard_paths, desc="refuse", unit="shard")):
+            for i, path in enumerate(tqdm(src.shard_paths, desc="re-fuse", unit="shard")):
                 where = str(path)
                 for video, questions, aliases in _shard_records(src.file(i), where,
                                                                 fusion.needs_novelty, fusion):

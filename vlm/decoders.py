@@ -1,0 +1,232 @@
+"""Video decoders behind one interface: probe, sequential scan, read at frame indices.
+
+Frame numbers are the decoder's index of the file: frames in presentation order, 0-based (decord
+builds it from the packets' timestamps; the PyAV decoder builds the same index by demuxing the
+packets, without decoding). A cache records the backend that decoded it (`sampling.decoder` of
+its config, "decord" when absent) and readers use that one by default (`cache_decoder`), so the
+model is shown the very pixels the prior was computed on.
+
+    dec = get_decoder("pyav")
+    info = dec.probe("clip.mp4")                          # VideoInfo(num_frames, fps, w, h)
+    frames = dec.read_at("clip.mp4", np.array([0, 5, 9]))  # uint8 [3, H, W, 3] RGB
+    for index, frame in dec.scan("clip.mp4", 0, info.num_frames): ...
+
+A new backend is one class with these three methods and one entry of `DECODERS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+# Below this mean gap between wanted frames, one sequential pass beats a seek per frame: a seek
+# decodes from the previous keyframe anyway, so dense indices re-decode the same GOP many times.
+SEQUENTIAL_MAX_GAP = 16
+READ_METHODS = ("auto", "sequential", "seek")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a probe tells: frames in the index, average rate, frame size in pixels."""
+
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+
+
+class Decoder(Protocol):
+    """The interface every backend implements (see the module docstring)."""
+
+    name: str
+
+    def probe(self, path: str | Path) -> VideoInfo: ...
+
+    def scan(self, path: str | Path, lo: int, hi: int, num_threads: int = 1
+             ) -> Iterator[tuple[int, np.ndarray]]: ...
+
+    def read_at(self, path: str | Path, indices: np.ndarray, method: str = "auto",
+                num_threads: int = 1) -> np.ndarray: ...
+
+
+def _sequential_wanted(method: str, indices: np.ndarray) -> bool:
+    """True when `method` (auto resolved by the gap rule) reads in one sequential pass."""
+    if method not in READ_METHODS:
+        raise ValueError(f"decode method {method!r} unknown; use auto, sequential or seek")
+    if method == "auto":
+        span = int(indices[-1] - indices[0]) + 1
+        return span <= SEQUENTIAL_MAX_GAP * len(indices)
+    return method == "sequential"
+
+
+def _check_range(path: Path, indices: np.ndarray, n: int) -> None:
+    if indices[0] < 0 or indices[-1] >= n:
+        raise ValueError(f"{path}: cached frame indices reach {int(indices[-1])} but the file has "
+                         f"{n} frames; the video changed since precompute (check its content "
+                         f"hash) or data.video_root points at other files")
+
+
+def _pick(indices: np.ndarray, frames: Iterator[tuple[int, np.ndarray]]) -> np.ndarray:
+    """The frames of ascending `indices` (repeats allowed) from a scan in index order."""
+    out: list[np.ndarray] = []
+    want = indices.tolist()
+    j = 0
+    for idx, frame in frames:
+        while j < len(want) and want[j] == idx:
+            out.append(frame)
+            j += 1
+        if j == len(want):
+            break
+    if j < len(want):
+        raise ValueError(f"the decode ended before frame {want[j]}")
+    return np.stack(out)
+
+
+class DecordDecoder:
+    """decord's VideoReader (CPU)."""
+
+    name = "decord"
+
+    def _open(self, path: Path, num_threads: int):
+        import decord  # noqa: PLC0415  (optional dependency)
+
+        try:
+            return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads)
+        except decord.DECORDError as err:
+            raise RuntimeError(f"decord cannot open {path}: {err}") from err
+
+    def probe(self, path: str | Path) -> VideoInfo:
+        vr = self._open(Path(path), 1)
+        h, w = vr[0].shape[:2]
+        return VideoInfo(len(vr), float(vr.get_avg_fps()), int(w), int(h))
+
+    def scan(self, path: str | Path, lo: int, hi: int, num_threads: int = 1
+             ) -> Iterator[tuple[int, np.ndarray]]:
+        vr = self._open(Path(path), num_threads)
+        vr.seek_accurate(int(lo))
+        for idx in range(int(lo), min(int(hi), len(vr))):
+            yield idx, vr.next().asnumpy()
+
+    def read_at(self, path: str | Path, indices: np.ndarray, method: str = "auto",
+                num_threads: int = 1) -> np.ndarray:
+        path = Path(path)
+        vr = self._open(path, num_threads)
+        _check_range(path, indices, len(vr))
+        if not _sequential_wanted(method, indices):
+            return vr.get_batch(indices.tolist()).asnumpy()
+        vr.seek_accurate(int(indices[0]))
+        frames: list[np.ndarray] = []
+        pos = int(indices[0])
+        for idx in indices.tolist():
+            if idx > pos:
+                vr.skip_frames(idx - pos)
+                pos = idx
+            if idx < pos:  # a repeated index: reuse the frame just decoded
+                frames.append(frames[-1])
+                continue
+            frames.append(vr.next().asnumpy())
+            pos += 1
+        return np.stack(frames)
+
+
+class PyAVDecoder:
+    """PyAV (FFmpeg's libraries), frames converted to RGB at their own size."""
+
+    name = "pyav"
+
+    def index(self, path: str | Path) -> tuple[np.ndarray, float]:
+        """(float64 [N] presentation times in s of the frames, sorted; average fps), from the
+        packets alone (nothing is decoded)."""
+        import av  # noqa: PLC0415
+
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            tb = float(stream.time_base)
+            pts = [p.pts for p in container.demux(stream) if p.pts is not None and p.size]
+            fps = float(stream.average_rate or 0) or float(stream.guessed_rate or 0)
+        return np.sort(np.asarray(pts, np.float64)) * tb, fps
+
+    def probe(self, path: str | Path) -> VideoInfo:
+        import av  # noqa: PLC0415
+
+        ts, fps = self.index(path)
+        with av.open(str(path)) as container:
+            ctx = container.streams.video[0].codec_context
+            width, height = int(ctx.width), int(ctx.height)
+        return VideoInfo(int(ts.size), fps, width, height)
+
+    def _scan(self, path: Path, lo: int, hi: int, ts: np.ndarray, num_threads: int
+              ) -> Iterator[tuple[int, np.ndarray]]:
+        import av  # noqa: PLC0415
+
+        gap = float(np.median(np.diff(ts))) if ts.size > 1 else 1.0
+        expected = lo
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            stream.thread_count = num_threads
+            tb = float(stream.time_base)
+            if lo > 0:
+                container.seek(int(round(ts[lo] / tb)), stream=stream, backward=True,
+                               any_frame=False)
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    raise ValueError(f"{path}: a frame without a timestamp near frame {expected}")
+                t = frame.pts * tb
+                idx = int(np.searchsorted(ts, t - gap / 2))
+                if idx >= ts.size or abs(ts[idx] - t) > gap / 4:
+                    raise ValueError(f"{path}: a frame at {t:.4f} s matches no indexed frame")
+                if idx < lo:
+                    continue  # decoded from the key frame before the wanted range
+                if idx != expected:
+                    raise ValueError(f"{path}: expected frame {expected}, decoded frame {idx}")
+                yield idx, frame.to_ndarray(format="rgb24")
+                expected += 1
+                if expected >= hi:
+                    return
+
+    def scan(self, path: str | Path, lo: int, hi: int, num_threads: int = 1
+             ) -> Iterator[tuple[int, np.ndarray]]:
+        ts, _ = self.index(path)
+        yield from self._scan(Path(path), int(lo), min(int(hi), ts.size), ts, num_threads)
+
+    def read_at(self, path: str | Path, indices: np.ndarray, method: str = "auto",
+                num_threads: int = 1) -> np.ndarray:
+        path = Path(path)
+        ts, _ = self.index(path)
+        _check_range(path, indices, ts.size)
+        if _sequential_wanted(method, indices):
+            lo, hi = int(indices[0]), int(indices[-1]) + 1
+            return _pick(indices, self._scan(path, lo, hi, ts, num_threads))
+        out: list[np.ndarray] = []
+        for i, idx in enumerate(indices.tolist()):  # a seek per wanted frame (sparse indices)
+            if i and idx == indices[i - 1]:
+                out.append(out[-1])
+                continue
+            out.append(_pick(np.array([idx]), self._scan(path, idx, idx + 1, ts, num_threads))[0])
+        return np.stack(out)
+
+
+DECODERS: dict[str, type] = {"decord": DecordDecoder, "pyav": PyAVDecoder}
+
+
+def get_decoder(name: str) -> Decoder:
+    """The backend called `name` (one of DECODERS)."""
+    if name not in DECODERS:
+        raise ValueError(f"decoder {name!r} unknown; use one of {sorted(DECODERS)}")
+    return DECODERS[name]()
+
+
+def cache_decoder(config: dict | None) -> str:
+    """The backend that decoded a cache's frames: its config's sampling.decoder ("decord", the
+    default, is recorded only when set)."""
+    sampling = (config or {}).get("sampling") or {}
+    name = sampling.get("decoder", "decord") if isinstance(sampling, dict) else "decord"
+    if name not in DECODERS:
+        raise ValueError(f"the cache says its frames were decoded by {name!r}, which this "
+                         f"release cannot read; use one of {sorted(DECODERS)}")
+    return name
