@@ -63,7 +63,7 @@ READERS = textwrap.dedent("""
     from videocfr.cache_format import Cache, FusionConfig, PriorTable, verify_cache
     from videocfr.cache_format.export import export_file
     from videocfr.cache_format.merge import merge_caches
-    from videocfr.cache_format.refuse import refuse_cache
+    from videocfr.cache_format.re_fuse import re_fuse_cache
 
     work = Path(sys.argv[1])
     a, b = work / "a", work / "b"
@@ -75,7 +75,7 @@ READERS = textwrap.dedent("""
     done["PriorTable"] = len(PriorTable.load(a))
     done["verify"] = [str(p) for p in verify_cache(a)]
     done["merge"] = merge_caches([a, b], work / "merged")["counts"]["questions"]
-    done["refuse"] = refuse_cache(a, work / "ref", FusionConfig(preset="videocfr-ref"))[
+    done["refuse"] = re_fuse_cache(a, work / "ref", FusionConfig(preset="videocfr-ref"))[
         "counts"]["questions"]
     done["export"] = export_file(a, work / "in.json", work / "out.json")["exported"]
     try:
