@@ -9,7 +9,7 @@ PRECOMPUTE_CONFIG ?= $(if $(filter demo,$(DATASET)),configs/precompute/demo.yaml
 TRAIN_CONFIG ?= configs/train/tiny.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install test lint bench precompute train evaluate clean
+.PHONY: install test lint bench precompute train evaluate world clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,12 +39,26 @@ RUN_DIR ?= runs/train-$(shell date +%Y%m%d-%H%M%S)
 train: install
 	$(BIN)/videocfr train --config $(TRAIN_CONFIG) --output-dir $(RUN_DIR)
 
-# the small V-NIAH grid on CPU (random CLIP weights): haystacks, precompute, hit rates, heatmaps
-VNIAH_DIR ?= runs/vniah-small
+# V-NIAH on the world's haystacks (METHOD §9): the trained world CLIP, the same CLIP with random
+# weights as the control, and the tiny world VLM answering from the chosen frames. `make world`
+# trains the models when missing (cached under WORLD_ROOT). The last line printed is the figure:
+# vniah_world n=8 chance= uniform= random= novelty= prior= prior_random_clip= qa_uniform= qa_prior=
+# A world result is evidence about the mechanism, not a benchmark number.
+VNIAH_DIR ?= runs/vniah-world
+VNIAH_GRID ?= --lengths 50,130,210 --depths 0,0.2,0.4,0.6,0.8,1.0 --seed 1
+WORLD_ROOT ?= caches/world
+WORLD_SEED ?= 0
+WORLD_DIR = $(WORLD_ROOT)/v$(shell $(BIN)/python -c "from videocfr.world.objects import WORLD_VERSION as v; print(v)" 2>/dev/null)-seed$(WORLD_SEED)
 
-evaluate: install
-	$(BIN)/videocfr evaluate vniah build $(VNIAH_DIR) --small
-	$(BIN)/videocfr evaluate vniah run $(VNIAH_DIR) --config configs/precompute/selection_cpu.yaml
+evaluate: install world
+	$(BIN)/videocfr evaluate vniah build $(VNIAH_DIR) $(VNIAH_GRID)
+	$(BIN)/videocfr evaluate vniah run $(VNIAH_DIR) --config configs/precompute/world.yaml \
+		--control-config configs/precompute/world_random.yaml --model $(WORLD_DIR)/vlm
+
+# the world's tiny CLIP and VLM (METHOD §9), trained on the CPU; kept under WORLD_ROOT and
+# retrained only when the generator's WORLD_VERSION or WORLD_SEED changes
+world: install
+	$(BIN)/videocfr world build --root $(WORLD_ROOT) --seed $(WORLD_SEED)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -4,7 +4,13 @@ Prints per-lookup p50/p99 (single `get`, timed one by one with perf_counter_ns, 
 included), the ratio of the 1M median to the 10K median (O(1): ~1), the time to load the 1M
 table, and last the line the design card asks for:
 
-    lookup p50_us=<f> p99_us=<f> ratio_1m_10k=<f> load_1m_s=<f>
+    lookup p50_us=<f> p99_us=<f> ratio_1m_10k=<f> load_1m_s=<f> load_1m_cached_s=<f>
+        load_1m_new_process_s=<f>
+
+load_1m_s is the first load (every shard hashed and checked in a child process,
+cache_format/sandbox.py); load_1m_cached_s a second load in the same process (the checks
+remembered by sha256); load_1m_new_process_s a load in a fresh process that finds the passes in
+the trust record (a temporary one under --workdir).
 
 Caches are written once under --workdir (default: a temp dir) and reused with --keep.
 """
@@ -13,8 +19,11 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import random
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -90,6 +99,9 @@ def main() -> None:
     ap.add_argument("--large", type=int, default=1_000_000)
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_lookup_"))
+    trust = work / "trust"
+    shutil.rmtree(trust, ignore_errors=True)
+    os.environ["VIDEOCFR_TRUST_DIR"] = str(trust)
     sizes = {"10k": 10_000, "1m": args.large}
     try:
         for name, n in sizes.items():
@@ -114,10 +126,20 @@ def main() -> None:
                   f"{results[name][0]:.2f} us p99 {results[name][1]:.2f} us, get_batch "
                   f"{batch_us:.2f} us/key")
             del table
+        gc.collect()
+        t0 = time.perf_counter()
+        PriorTable.load(work / "1m")
+        cached = time.perf_counter() - t0
+        code = ("import sys, time; from videocfr.cache_format import PriorTable; "
+                "t = time.perf_counter(); PriorTable.load(sys.argv[1]); "
+                "print(time.perf_counter() - t)")
+        fresh = float(subprocess.run([sys.executable, "-c", code, str(work / "1m")], check=True,
+                                     capture_output=True, text=True).stdout.split()[-1])
         p50, p99, load = results["1m"]
         ratio = p50 / results["10k"][0]
         print(f"lookup p50_us={p50:.3f} p99_us={p99:.3f} ratio_1m_10k={ratio:.3f} "
-              f"load_1m_s={load:.3f}")
+              f"load_1m_s={load:.3f} load_1m_cached_s={cached:.3f} "
+              f"load_1m_new_process_s={fresh:.3f}")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

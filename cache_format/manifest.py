@@ -92,6 +92,9 @@ def load_manifest(cache_dir: str | Path) -> dict:
         if not isinstance(manifest[key], typ) or isinstance(manifest[key], bool):
             raise SchemaError(f"{path}: field {key!r} must be {typ.__name__}, got "
                               f"{type(manifest[key]).__name__}")
+    if "video_root" in manifest and not isinstance(manifest["video_root"], str):
+        raise SchemaError(f"{path}: field 'video_root' must be str, got "
+                          f"{type(manifest['video_root']).__name__}")
     if manifest["format"] != schema.FORMAT_NAME:
         raise SchemaError(f"{path}: format {manifest['format']!r} is not {schema.FORMAT_NAME!r}")
     schema.check_version(manifest["schema_version"], str(path))

@@ -79,7 +79,7 @@ def merge_caches(sources: list[str | Path], out: str | Path, max_videos: int = 1
     manifest0 = first.manifest
     with ShardWriter(out, manifest0["config"], embed_dim=manifest0["embed_dim"],
                      model=manifest0["model"], library_versions=manifest0["library_versions"],
-                     max_videos=max_videos) as writer:
+                     max_videos=max_videos, video_root=manifest0.get("video_root")) as writer:
         for vid in sorted(videos):
             qs = list(questions[vid].values()) if videos[vid].ok else []
             writer.add(videos[vid], qs, aliases=sorted(a for a in aliases[vid] if a != vid))

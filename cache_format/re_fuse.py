@@ -226,8 +226,8 @@ def re_fuse_cache(source: str | Path, out: str | Path, fusion: FusionConfig,
     try:
         m = src.manifest
         with ShardWriter(stage, config, embed_dim=m["embed_dim"], model=m["model"],
-                         library_versions=m["library_versions"],
-                         max_videos=max_videos) as writer:
+                         library_versions=m["library_versions"], max_videos=max_videos,
+                         video_root=m.get("video_root")) as writer:
             for i, path in enumerate(tqdm(src.shard_paths, desc="re-fuse", unit="shard")):
                 where = str(path)
                 for video, questions, aliases in _shard_records(src.file(i), where,

@@ -15,8 +15,9 @@ from . import schema
 from .fusion import QFRAME_ARRAYS
 from .manifest import load_manifest, safe_member_path
 from .records import QuestionRecord, VideoRecord
-from .storage import as_path, open_h5
-from .structure import StructureError, check_ids, check_shard
+from .sandbox import open_checked
+from .storage import as_path
+from .structure import StructureError, check_ids
 
 Key = tuple[str, str]
 
@@ -77,6 +78,11 @@ class Cache:
         return self.manifest["config"]
 
     @property
+    def video_root(self) -> str | None:
+        """Where precompute found the videos (the manifest's `video_root`), or None."""
+        return self.manifest.get("video_root")
+
+    @property
     def config_hash(self) -> str:
         return self.manifest["config_hash"]
 
@@ -98,20 +104,33 @@ class Cache:
 
     # -- files and index ----------------------------------------------------------------------
     def file(self, i: int) -> h5py.File:
-        """Shard i, opened read-only once per process and checked against the schema."""
+        """Shard i, checked in a child process (once per sha256, cache_format/sandbox.py) and
+        then opened read-only, without file locking, once per process."""
         if self._pid != os.getpid():
             self._files, self._pid = {}, os.getpid()
         f = self._files.get(i)
         if f is None:
-            try:
-                f = open_h5(self._shards[i])
-            except OSError as err:
-                raise schema.SchemaError(f"{self._shards[i]} is not a readable HDF5 shard: "
-                                         f"{err}") from err
-            check_shard(f, config_hash=self.config_hash, embed_dim=self.embed_dim,
-                                  where=str(self._shards[i]))
-            self._files[i] = f
+            self.open_all([i])
+            f = self._files[i]
         return f
+
+    def open_all(self, indices: Iterable[int] | None = None) -> None:
+        """Check (in parallel child processes) and open the shards `indices` (default: all).
+
+        Raises:
+            StructureError (kinds of structure.KINDS, hang / crash / memory included) or
+            SchemaError naming the first bad shard; the other shards stay closed.
+        """
+        if self._pid != os.getpid():
+            self._files, self._pid = {}, os.getpid()
+        todo = [i for i in (range(len(self._shards)) if indices is None else indices)
+                if i not in self._files]
+        if not todo:
+            return
+        files = open_checked([self._shards[i] for i in todo],
+                             [str(self._shards[i]) for i in todo],
+                             self.config_hash, self.embed_dim)
+        self._files.update(zip(todo, files))
 
     def close(self) -> None:
         for f in self._files.values():
@@ -120,6 +139,7 @@ class Cache:
 
     def _index(self) -> tuple[dict[str, tuple[int, int]], dict[Key, tuple[int, int]]]:
         if self._videos is None:
+            self.open_all()
             videos: dict[str, tuple[int, int]] = {}
             for i in range(len(self._shards)):
                 f = self.file(i)

@@ -5,8 +5,11 @@
 (`/`, `name`, `parent`, `is_file`, `is_dir`, `exists`, `is_symlink`, `resolve`,
 `is_relative_to`, `stat().st_size`, `open`, `iterdir`), so the manifest, shard and addition
 checks run unchanged on shared storage: the same untrusted-input checks, one code path.
-`open_h5(path)` opens a shard read-only with h5py, through a buffered file object for URLs
-(h5py reads only the chunks it needs: a PriorTable never downloads the frame embeddings).
+`open_h5(path)` opens an HDF5 file read-only with h5py and without HDF5 file locking (a cache is
+immutable once its manifest is written, and shared filesystems often answer `flock` with
+ENOLCK), through a buffered file object for URLs. Shards of a cache are not opened this way but
+through cache_format/sandbox.py, which checks their bytes in a child process first (a remote
+shard is then copied whole to a private temporary file: the bytes checked are the bytes read).
 
 A RemotePath has no `__fspath__` on purpose: code that would hand it to the builtin `open` fails
 loudly instead of reading a local file of the same name. Errors of the storage (no network, no
@@ -160,15 +163,16 @@ def is_remote(path) -> bool:
 
 
 def open_h5(path: Path | RemotePath | str) -> h5py.File:
-    """Open a shard read-only (OSError when it is not readable HDF5, as h5py raises)."""
+    """Open an HDF5 file read-only, without file locking (OSError when it is not readable HDF5,
+    as h5py raises)."""
     if isinstance(path, RemotePath):
         fileobj = path.open("rb")
         try:
-            return h5py.File(fileobj, "r")
+            return h5py.File(fileobj, "r", locking=False)
         except Exception:
             fileobj.close()
             raise
-    return h5py.File(path, "r")
+    return h5py.File(path, "r", locking=False)
 
 
 def local_only(location, what: str) -> Path:

@@ -13,11 +13,16 @@ refuses everything else, reading only metadata plus the small offset and row-poi
   no external raw storage, no filter but fletcher32 (the writer's checksum);
 - dtypes and trailing shapes are the schema's; the declared bytes of each dataset and of each
   chunk are bounded by the file's own size (nothing compressed, so a real shard holds them);
+- every byte of data is stored inside the file: every chunk of a chunked dataset (none reads
+  as fill values), each with its filters applied (its checksum checked), and all the bytes of a
+  contiguous one;
 - offsets start at 0, never decrease and end at their table's length; row pointers
   (questions/video_row, aliases/video_row) point inside the videos table.
 
 Each refusal is a `StructureError` whose `kind` names the case (docs/cache-format.md lists them)
-and whose `path` names the object.
+and whose `path` names the object. Readers never run this check on unchecked bytes in their own
+process: cache_format/sandbox.py runs it in a child first (kinds "hang", "crash" and "memory"
+are that child timing out, dying by a signal or running out of memory).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ VLEN_ITEM_BYTES = 16  # a variable-length string element: a global-heap referenc
 KINDS = ("missing", "extra-object", "soft-link", "external-link", "user-link", "not-a-dataset",
          "shared-object", "virtual-dataset", "external-storage", "filter", "layout", "dtype",
          "shape", "size", "chunk", "offsets", "row-pointer", "attribute", "bad-id",
-         "duplicate-key")
+         "duplicate-key", "unstored", "hang", "crash", "memory")
 
 _LINK_KINDS = {h5py.h5l.TYPE_SOFT: "soft-link", h5py.h5l.TYPE_EXTERNAL: "external-link"}
 
@@ -103,6 +108,38 @@ def _storage(ds: h5py.Dataset, name: str, where: str, file_bytes: int) -> None:
         if chunk_bytes > max(MAX_CHUNK_BYTES, row):
             raise StructureError(where, "chunk", name,
                                  f"chunks of {chunk_bytes:.3g} bytes exceed {MAX_CHUNK_BYTES}")
+
+
+def _stored(ds: h5py.Dataset, name: str, where: str, file_bytes: int) -> None:
+    """Every byte of data stored inside the file: every chunk of a chunked dataset with its
+    filters (the checksum) applied, all the bytes of a contiguous one. Unstored data reads as
+    fill values, not as an error; a masked filter is not verified."""
+    layout = ds.id.get_create_plist().get_layout()
+    item = VLEN_ITEM_BYTES if ds.dtype.kind == "O" else ds.dtype.itemsize
+    declared = int(np.prod(ds.shape, dtype=np.float64)) * item
+    if layout == h5py.h5d.CONTIGUOUS and declared:
+        offset, stored = ds.id.get_offset(), ds.id.get_storage_size()
+        if not offset or stored != declared or offset + stored > file_bytes:
+            raise StructureError(where, "unstored", name,
+                                 f"{stored} of its {declared} bytes are stored inside the file "
+                                 f"(unstored data reads as fill values, not as an error)")
+    if layout != h5py.h5d.CHUNKED:
+        return
+    chunk = ds.id.get_create_plist().get_chunk()
+    expected = int(np.prod([-(-n // c) for n, c in zip(ds.shape, chunk)], dtype=np.int64))
+    stored = ds.id.get_num_chunks()
+    if stored != expected:
+        raise StructureError(where, "unstored", name,
+                             f"{stored} of its {expected} chunks are stored (an unstored chunk "
+                             f"reads as fill values, not as an error)")
+    for i in range(stored):
+        info = ds.id.get_chunk_info(i)
+        if info.filter_mask:
+            raise StructureError(where, "filter", name, f"chunk {i} skips its filters "
+                                 f"(mask {info.filter_mask}): its checksum would not be checked")
+        if not info.byte_offset or info.byte_offset + info.size > file_bytes:  # 0: undefined
+            raise StructureError(where, "unstored", name, f"chunk {i} has no address inside "
+                                 f"the file ({info.byte_offset}): it would read as fill values")
 
 
 def _dtype_ok(ds: h5py.Dataset, want: str) -> bool:
@@ -219,6 +256,7 @@ def check_shard(f: h5py.File, *, config_hash: str | None, embed_dim: int | None,
                 expected = f"(N, {', '.join(map(str, shape))})".replace(", )", ")")
                 raise StructureError(where, "shape", name,
                                      f"has shape {ds.shape}, expected {expected}")
+            _stored(ds, name, where, file_bytes)
             table = group_name
             n = ds.shape[0] - (1 if short.endswith("_offset") else 0)
             if rows.setdefault(table, n) != n:

@@ -123,6 +123,7 @@ class PriorTable:
     def load(cls, path: str | Path, expect_config_hash: str | None = None) -> PriorTable:
         """Read the priors of every shard of the cache at `path`."""
         cache = Cache(path, expect_config_hash)
+        cache.open_all()  # every shard checked in parallel child processes, once per sha256
         chunks, vids, qids, bounds, failed, base = [], [], [], [], {}, 0
         for i, shard in enumerate(cache.shard_paths):
             f = cache.file(i)

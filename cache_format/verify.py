@@ -1,4 +1,8 @@
-"""`videocfr cache verify`: checksums, schema, shapes, dtypes, sums and finiteness."""
+"""`videocfr cache verify`: checksums, schema, shapes, dtypes, sums and finiteness.
+
+The shard checks run in child processes (cache_format/sandbox.py): HDF5 never parses an
+unchecked shard in the verifying process, and a shard that hangs or crashes it is one problem.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,11 @@ import numpy as np
 from . import schema
 from .additions import verify_additions
 from .fusion import QFRAME_ARRAYS, SALIENCES
-from .io import sha256_file
 from .manifest import load_manifest, safe_member_path
 from .reader import Cache
-from .storage import as_path, open_h5
-from .structure import StructureError, check_shard
+from .sandbox import DigestMismatch, Limits, check_paths
+from .storage import as_path
+from .structure import StructureError
 
 ATOL = 1e-5
 
@@ -50,10 +54,12 @@ def _read(f: h5py.File, name: str, as_str: bool = False) -> np.ndarray:
         raise schema.SchemaError(f"{name}: unreadable ({err})") from err
 
 
-def check_shard_values(f: h5py.File, rows: dict[str, int]) -> int:
-    """Check every value of a shard whose structure is known good. Raises SchemaError.
+def check_shard_tables(f: h5py.File, rows: dict[str, int]) -> int:
+    """Check how a shard's tables fit together (status, offsets, K, scenes, row pointers, ids of
+    questions and aliases), not the float values. Raises SchemaError.
 
-    Reading the checksummed datasets also makes HDF5 verify their fletcher32 checksums.
+    Readers run this in their check (cache_format/check_child.py): a reader never slices a prior
+    or a frame table with offsets that disagree with each other.
 
     Returns:
         The number of failed videos.
@@ -77,10 +83,6 @@ def check_shard_values(f: h5py.File, rows: dict[str, int]) -> int:
     errors = _read(f, "videos/error", as_str=True)
     if any(not errors[i] for i in np.flatnonzero(failed)):
         raise schema.SchemaError("a failed video has an empty error")
-    for name in ("frames/timestamp", "frames/embedding", "questions/text_embedding",
-                 "videos/fps", "videos/duration"):
-        if not np.isfinite(_read(f, name)).all():
-            raise schema.SchemaError(f"{name} contains NaN or inf")
     scene = _read(f, "frames/scene")
     per_video_scenes = np.repeat(np.diff(so), k)
     if np.any(scene < 0) or np.any(scene >= per_video_scenes):
@@ -101,6 +103,31 @@ def check_shard_values(f: h5py.File, rows: dict[str, int]) -> int:
     _check_offsets(qo, rows["qframes"], "questions/frame_offset")
     if np.any(np.diff(qo) != k[vrow]):
         raise schema.SchemaError("a question's saliences do not have its video's K values")
+    arow = _read(f, "aliases/video_row")
+    if np.any(arow < 0) or np.any(arow >= rows["videos"]):
+        raise schema.SchemaError("aliases/video_row points outside the videos table")
+    if qo.shape[0] > 1 and rows["qframes"]:  # a zeroed chunk passes fletcher32 (its sum is 0)
+        mass = np.add.reduceat(np.abs(_read(f, "qframes/prior")).astype(np.float64), qo[:-1])
+        if np.any(mass == 0):
+            raise schema.SchemaError(f"qframes/prior of question row {int(np.argmin(mass))} is "
+                                     f"all zeros (a prior sums to 1: the data is corrupted)")
+    return int(failed.sum())
+
+
+def check_shard_values(f: h5py.File, rows: dict[str, int]) -> int:
+    """Check every value of a shard whose structure is known good. Raises SchemaError.
+
+    The tables (check_shard_tables), then finiteness, salience ranges and Σprior = 1. Reading
+    the checksummed datasets also makes HDF5 verify their fletcher32 checksums.
+
+    Returns:
+        The number of failed videos.
+    """
+    failed = check_shard_tables(f, rows)
+    for name in ("frames/timestamp", "frames/embedding", "questions/text_embedding",
+                 "videos/fps", "videos/duration"):
+        if not np.isfinite(_read(f, name)).all():
+            raise schema.SchemaError(f"{name} contains NaN or inf")
     for name in QFRAME_ARRAYS:
         arr = _read(f, f"qframes/{name}")
         if not np.isfinite(arr).all():
@@ -110,6 +137,7 @@ def check_shard_values(f: h5py.File, rows: dict[str, int]) -> int:
     prior = _read(f, "qframes/prior")
     if prior.size and prior.min() < 0:
         raise schema.SchemaError("qframes/prior has negative values")
+    qo = _read(f, "questions/frame_offset")
     if qo.shape[0] > 1:
         sums = np.add.reduceat(prior.astype(np.float64), qo[:-1]) if prior.size else np.zeros(0)
         bad = np.flatnonzero(np.abs(sums - 1) > ATOL)
@@ -117,40 +145,57 @@ def check_shard_values(f: h5py.File, rows: dict[str, int]) -> int:
             qid = _read(f, "questions/question_id", as_str=True)[int(bad[0])]
             raise schema.SchemaError(f"{bad.size} priors do not sum to 1 within {ATOL} (first: "
                                      f"question {qid!r}, sum {sums[bad[0]]!r})")
-    arow = _read(f, "aliases/video_row")
-    if np.any(arow < 0) or np.any(arow >= rows["videos"]):
-        raise schema.SchemaError("aliases/video_row points outside the videos table")
-    return int(failed.sum())
+    return failed
 
 
-def _verify_shard(path: str | Path, config_hash: str | None, embed_dim: int | None
-                  ) -> tuple[list[Problem], dict[str, int]]:
-    """(problems, counts {videos, failed_videos, questions}) of one shard, read once."""
-    try:
-        with open_h5(path) as f:
-            rows = check_shard(f, config_hash=config_hash, embed_dim=embed_dim,
-                                         where=str(path))
-            failed = check_shard_values(f, rows)
-    except StructureError as err:
-        return [Problem(f"{path}:{err.path}", err.detail, err.kind)], {}
-    except schema.CacheError as err:
-        msg = str(err)
-        prefix = f"{path}: "
-        return [Problem(str(path), msg[len(prefix):] if msg.startswith(prefix) else msg)], {}
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
-        return [Problem(str(path), f"unreadable ({type(err).__name__}: {err})")], {}
-    return [], {"videos": rows["videos"], "failed_videos": failed,
-                "questions": rows["questions"]}
+def _problems(err: Exception, path: str) -> list[Problem]:
+    """A check's exception as verify's one-line problem."""
+    if isinstance(err, StructureError):
+        return [Problem(f"{path}:{err.path}", err.detail, err.kind)]
+    msg, prefix = str(err), f"{path}: "
+    msg = msg[len(prefix):] if msg.startswith(prefix) else msg
+    if msg.startswith(f"{path} is not a readable HDF5 shard: "):
+        msg = f"unreadable ({msg.split(': ', 1)[1]})"
+    return [Problem(path, msg)]
+
+
+def _counts(answer: dict) -> dict[str, int]:
+    rows = answer["rows"]
+    return {"videos": rows["videos"], "failed_videos": answer["failed"],
+            "questions": rows["questions"]}
 
 
 def verify_shard(path: str | Path, config_hash: str | None = None,
-                 embed_dim: int | None = None) -> list[Problem]:
-    """Verify one shard file on its own (no manifest needed)."""
-    return _verify_shard(path, config_hash, embed_dim)[0]
+                 embed_dim: int | None = None, fresh: bool = False) -> list[Problem]:
+    """Verify one shard file on its own (no manifest needed), in a child process (fresh=False:
+    a pass already remembered for these bytes' sha256 answers)."""
+    path = as_path(path)
+    (result,) = check_paths([path], [str(path)], "values", config_hash, embed_dim, fresh=fresh,
+                            keep=False)
+    return _problems(result, str(path)) if isinstance(result, Exception) else []
 
 
-def verify_cache(cache_dir: str | Path) -> list[Problem]:
+def verify_shards(paths: list, fresh: bool = False) -> dict[str, list[Problem]]:
+    """Verify shard files on their own, checked in parallel child processes.
+
+    Returns:
+        str(path) -> its problems (empty when sound), for each path.
+    """
+    paths = [as_path(p) for p in paths]
+    results = check_paths(paths, [str(p) for p in paths], "values", None, None, fresh=fresh,
+                          keep=False)
+    return {str(p): _problems(r, str(p)) if isinstance(r, Exception) else []
+            for p, r in zip(paths, results)}
+
+
+def verify_cache(cache_dir: str | Path, limits: Limits | None = None,
+                 fresh: bool = False) -> list[Problem]:
     """Verify a whole cache: manifest, every shard's sha256, schema, values and counts.
+
+    Every shard is checked in a child process (in parallel, under `limits`: default
+    Limits.from_env()), unless a pass of the same check is remembered for its sha256 (in this
+    process or the trust record; fresh=True re-checks). A shard that hangs, crashes or exhausts
+    HDF5 is one problem of kind hang / crash / memory.
 
     Returns:
         The problems found; empty when the cache is sound.
@@ -162,6 +207,7 @@ def verify_cache(cache_dir: str | Path) -> list[Problem]:
         return [Problem(str(cache_dir / schema.MANIFEST_NAME), str(err))]
     problems: list[Problem] = []
     totals = {"videos": 0, "failed_videos": 0, "questions": 0}
+    entries, paths = [], []
     for entry in manifest["shards"]:
         path = safe_member_path(cache_dir, entry["path"])
         if not path.is_file():
@@ -171,18 +217,21 @@ def verify_cache(cache_dir: str | Path) -> list[Problem]:
             problems.append(Problem(entry["path"], f"size {path.stat().st_size} bytes, manifest "
                                                    f"says {entry['bytes']}", "size"))
             continue
-        digest = sha256_file(path)
-        if digest != entry["sha256"]:
-            problems.append(Problem(entry["path"], f"sha256 {digest} does not match the "
-                                                   f"manifest's {entry['sha256']}",
-                                    "checksum"))
+        entries.append(entry)
+        paths.append(path)
+    results = check_paths(paths, [e["path"] for e in entries], "values",
+                          manifest["config_hash"], manifest["embed_dim"], limits, fresh=fresh,
+                          keep=False, expect_sha256=[e["sha256"] for e in entries])
+    for entry, result in zip(entries, results):
+        if isinstance(result, DigestMismatch):  # the digest of the very bytes to be checked
+            problems.append(Problem(entry["path"], f"sha256 {result.found} does not match the "
+                                                   f"manifest's {result.expected}", "checksum"))
             continue
-        found, counts = _verify_shard(path, manifest["config_hash"], manifest["embed_dim"])
-        problems += [Problem(p.where.replace(str(path), entry["path"], 1), p.reason, p.kind)
-                     for p in found]
-        if found:
+        if isinstance(result, Exception):
+            problems += _problems(result, entry["path"])
             continue
-        for key, n in counts.items():
+        answer = result[1]
+        for key, n in _counts(answer).items():
             totals[key] += n
             if entry[key] != n:
                 problems.append(Problem(entry["path"], f"holds {n} {key}, manifest says "

@@ -119,6 +119,9 @@ class ShardWriter:
         job_index, num_jobs: this job's place in the sharding.
         library_versions: versions of the libraries that made the records (torch, open_clip...).
         max_videos, max_bytes: a shard file is written when either limit is reached.
+        video_root: the directory the records' video paths are relative to, as precompute saw
+            it (recorded in the manifest, outside the config hash: moving the videos does not
+            change the cache; readers find the videos there unless told otherwise).
 
     Use as a context manager; records are `add`-ed in a deterministic order. On a clean exit the
     last shard and the job marker are written; on an exception no marker is written, so the job
@@ -127,7 +130,8 @@ class ShardWriter:
 
     def __init__(self, cache_dir: str | Path, config: dict, *, embed_dim: int, model: dict,
                  job_index: int = 0, num_jobs: int = 1, library_versions: dict | None = None,
-                 max_videos: int = 1000, max_bytes: int = 1 << 30):
+                 max_videos: int = 1000, max_bytes: int = 1 << 30,
+                 video_root: str | None = None):
         if not 0 <= job_index < num_jobs:
             raise ValueError(f"job_index {job_index} must be in [0, num_jobs={num_jobs})")
         if embed_dim <= 0 or max_videos <= 0 or max_bytes <= 0:
@@ -144,6 +148,7 @@ class ShardWriter:
         self.job_index, self.num_jobs = int(job_index), int(num_jobs)
         self.library_versions = collect_library_versions(library_versions)
         self.max_videos, self.max_bytes = max_videos, max_bytes
+        self.video_root = None if video_root is None else str(video_root)
         self._videos: list[VideoRecord] = []
         self._questions: list[QuestionRecord] = []
         self._aliases: list[tuple[str, str]] = []
@@ -298,6 +303,8 @@ class ShardWriter:
             "job_index": self.job_index, "num_jobs": self.num_jobs, "files": self._files,
             "counts": self._counts, "failures": self._failures,
             "attempt": self._attempt.token}
+        if self.video_root is not None:
+            marker["video_root"] = self.video_root
         path = self.shard_dir / marker_name(self.job_index, self.num_jobs)
         write_json_atomic(path, marker, self._attempt.tmp(path.name))
         if missing := self._missing_files():  # lost between the check and the rename
@@ -444,7 +451,8 @@ def _manifest_from_markers(cache_dir: Path) -> dict:
         raise JobsUnfinished(f"{cache_dir}: {'; '.join(lines)}; run them (again), then "
                              f"finalize")
     counts = {key: sum(m["counts"][key] for m in markers) for key in first["counts"]}
-    return {
+    roots = {"video_root": first["video_root"]} if isinstance(first.get("video_root"), str) else {}
+    return {**roots,
         "format": schema.FORMAT_NAME, "schema_version": schema.SCHEMA_VERSION,
         "config": first["config"], "config_hash": first["config_hash"],
         "embed_dim": first["embed_dim"], "model": first["model"],

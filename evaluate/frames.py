@@ -21,19 +21,24 @@ def video_root(cache: Cache, override: str | Path | None = None) -> Path:
 
 
 def load_frames(root: str | Path, video: VideoRecord, positions: np.ndarray,
-                method: str = "auto", decoder: str = "decord") -> tuple[np.ndarray, np.ndarray]:
+                method: str = "auto", decoder: str = "decord", flag: str = "--video-root"
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Decode the chosen candidates of one video.
 
     Args:
         root: the video root (`video_root`).
         video: the cached record (status ok).
-        positions: int64 [n] sorted candidate positions (a strategy's output).
+        positions: int64 [n] sorted candidate positions (a strategy's output; repeats allowed).
         method: vlm.video.read_frames's decode method.
         decoder: the frame decoder backend: the cache's own, `vlm.decoders.cache_decoder(
             cache.config)` (the callers here pass it).
+        flag: how the user of the command in use points at the videos (named when missing).
 
     Returns:
         (uint8 [n, H, W, 3] frames, float64 [n] timestamps in seconds).
+
+    Raises:
+        FileNotFoundError: the video is not under `root`; the message names `flag`.
     """
     from videocfr.vlm.video import read_frames
 
@@ -44,6 +49,10 @@ def load_frames(root: str | Path, video: VideoRecord, positions: np.ndarray,
     if positions.size == 0 or positions.min() < 0 or positions.max() >= video.num_sampled:
         raise ValueError(f"video {video.video_id!r}: positions {positions.tolist()} must lie in "
                          f"[0, K={video.num_sampled})")
-    frames = read_frames(Path(root) / video.path, video.frame_indices[positions], method,
-                         decoder=decoder)
+    path = Path(root) / video.path
+    if not path.is_file():
+        raise FileNotFoundError(f"video {path} not found (video {video.video_id!r} of the cache, "
+                                f"path {video.path!r} relative to {root}); pass {flag} DIR, the "
+                                f"directory the cache's video paths are relative to")
+    frames = read_frames(path, video.frame_indices[positions], method, decoder=decoder)
     return frames, np.asarray(video.timestamps, np.float64)[positions]

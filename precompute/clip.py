@@ -39,6 +39,8 @@ TINY_MODEL_CONFIG: dict[str, Any] = {
                  "layers": 1},
 }
 RANDOM = "none"  # the `pretrained` value that asks for random weights
+# The world's CLIP (videocfr.world.clip, METHOD §9): trained by `videocfr world build`.
+WORLD_CLIP = "videocfr-world"
 PRECISIONS = ("fp32", "fp16", "bf16")
 # Messages of CUDA failures that are not out-of-memory: the device is gone or corrupt, and every
 # following video would fail too, so the job stops instead of writing failed records.
@@ -139,7 +141,8 @@ def resolve_model(model_name: str, pretrained: str) -> tuple[str, str | None, di
     """Check a model name and pretrained source; the one place names are resolved.
 
     Args:
-        model_name: an open_clip architecture ("ViT-B-32"), "videocfr-tiny", or an
+        model_name: an open_clip architecture ("ViT-B-32"), "videocfr-tiny", "videocfr-world"
+            (its checkpoint is checked by world.artifacts.check_clip_file), or an
             "hf-hub:org/repo" / "local-dir:/path" model (weights come with it).
         pretrained: an open_clip tag ("openai", "laion2b_s34b_b79k", ...), a local checkpoint
             file, or "none" for random weights.
@@ -155,6 +158,17 @@ def resolve_model(model_name: str, pretrained: str) -> tuple[str, str | None, di
 
     if model_name == TINY_MODEL:
         register_tiny_model()
+    if model_name == WORLD_CLIP:
+        from videocfr.world.clip import register_world_clip
+
+        register_world_clip()
+        if pretrained not in (RANDOM, "", "random"):
+            # a world checkpoint must exist, match this generator version and its build record's
+            # sha256: never a silent random model or a stale one
+            from videocfr.world.artifacts import check_clip_file
+
+            digest = check_clip_file(pretrained)
+            return model_name, pretrained, {"name": model_name, "pretrained": f"file:{digest}"}
     if model_name.startswith(("hf-hub:", "local-dir:")):
         return model_name, None, {"name": model_name, "pretrained": model_name}
     if model_name not in open_clip.list_models():

@@ -258,7 +258,8 @@ class Precomputer:
                 self.cache_dir, self.record, embed_dim=emb.embed_dim, model=emb.model_info,
                 job_index=job_index, num_jobs=self.num_jobs,
                 library_versions=library_versions(cfg.sampling.decoder),
-                max_videos=cfg.shards.max_videos, max_bytes=cfg.shards.max_bytes))
+                max_videos=cfg.shards.max_videos, max_bytes=cfg.shards.max_bytes,
+                video_root=str(self.dataset.config.video_root)))
             decoded = stack.enter_context(closing(pool.decode(items)))
             bar = tqdm(decoded, total=len(items), unit="video",
                        desc=f"job {job_index + 1}/{self.num_jobs}")

@@ -88,7 +88,7 @@ def read_part(path: Path) -> tuple[dict, dict[tuple[str, str], np.ndarray], int]
         SchemaError naming the file and what is wrong.
     """
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(path, "r", locking=False)  # immutable; no lock daemon needed
     except OSError as err:
         raise SchemaError(f"{path} is not a readable HDF5 file: {err}") from err
     with f:

@@ -189,7 +189,7 @@ def load_selections(cache_dir: str | Path, name: str) -> dict[tuple[str, str], n
 
     path = load_addition(cache_dir, name, SELECTIONS_VERSION).path("selections.h5")
     want = {"video_id": "S", "question_id": "S", "positions": "i", "frame_indices": "i"}
-    with h5py.File(path, "r") as f:
+    with h5py.File(path, "r", locking=False) as f:  # immutable; no lock daemon needed
         if set(f.keys()) != set(want):
             raise SchemaError(f"{path}: datasets {sorted(f.keys())}, expected {sorted(want)}")
         data = {}

@@ -9,10 +9,16 @@ needs longer says so with `@pytest.mark.timeout(seconds)`.
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# shard checks remember their passes in a trust record of this session (never the user's
+# ~/.cache/videocfr/trusted-shards)
+os.environ.setdefault("VIDEOCFR_TRUST_DIR", tempfile.mkdtemp(prefix="videocfr-trust-"))
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:  # bare-name helpers under any import mode

@@ -68,11 +68,12 @@ def make_question(video: VideoRecord, question_id: str, seed: int = 0,
 
 def make_cache(path: str | Path, n_videos: int = 4, n_questions: int = 2, k: int = 8,
                dim: int = 16, n_failed: int = 1, config: dict | None = None,
-               max_videos: int = 1000, prefix: str = "vid", seed: int = 0) -> dict:
+               max_videos: int = 1000, prefix: str = "vid", seed: int = 0,
+               video_root: str | None = None) -> dict:
     """Write and finalize a synthetic cache; returns its manifest."""
     config = TEST_CONFIG if config is None else config
     with ShardWriter(path, config, embed_dim=dim, model=TEST_MODEL,
-                     max_videos=max_videos) as writer:
+                     max_videos=max_videos, video_root=video_root) as writer:
         for i in range(n_videos):
             v = make_video(f"{prefix}{i:03d}", k=k, dim=dim, seed=seed + i)
             qs = [make_question(v, f"q{j}", seed=seed * 1000 + i * 100 + j)

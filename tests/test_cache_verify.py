@@ -26,6 +26,7 @@ from videocfr.cache_format import (
     verify_cache,
     verify_shard,
 )
+from videocfr.cache_format.verify import verify_shards
 from videocfr.cache_format.writer import write_shard
 
 TESTS = Path(__file__).parent
@@ -166,12 +167,12 @@ WRITER_SCRIPT = textwrap.dedent("""
 def _check_final_paths(out: Path) -> None:
     """Everything at a final path is whole: shards verify, a marker's files exist."""
     shards = out / "shards"
-    for path in sorted(shards.glob("*.h5")) if shards.exists() else []:
-        assert verify_shard(path) == [], f"{path} is at a final path but not whole"
+    paths = sorted(shards.glob("*.h5")) if shards.exists() else []
     marker = shards / "job-00000-of-00001.json"
     if marker.exists():
-        for entry in json.loads(marker.read_text())["files"]:
-            assert verify_shard(out / entry["path"]) == []
+        paths += [out / entry["path"] for entry in json.loads(marker.read_text())["files"]]
+    for path, problems in verify_shards(paths).items():  # checked in parallel children
+        assert problems == [], f"{path} is at a final path but not whole"
     if (out / "manifest.json").exists():
         assert verify_cache(out) == []
 

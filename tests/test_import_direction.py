@@ -1,4 +1,5 @@
-"""Imports run one way: cache_format < vlm < {precompute, train, evaluate} < selector < cli.
+"""Imports run one way: {cache_format, world} < vlm < {precompute, train, evaluate} < selector
+< cli.
 
 Every module of the source tree is parsed (ast, nothing is imported) and each import of a
 `videocfr.*` module, absolute or relative, at module level or inside a function, and each
@@ -17,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # package -> layer; packages of one layer are siblings and never import each other
-LAYERS = {"cache_format": 0, "vlm": 1, "precompute": 2, "train": 2, "evaluate": 2,
+LAYERS = {"cache_format": 0, "world": 0, "vlm": 1, "precompute": 2, "train": 2, "evaluate": 2,
           "selector": 3, "videocfr": 4}
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("cache_format", "vlm", "precompute", "train", "evaluate", "selector")
+STAGES = ("cache_format", "vlm", "world", "precompute", "train", "evaluate", "selector")
 
 
 def test_no_code_imports_a_stage_by_its_bare_name():

@@ -85,6 +85,9 @@ def test_cache_contents(reference):
     versions = manifest["library_versions"]
     assert {"torch", "open_clip", "decord", "scenedetect"} <= set(versions)
     assert manifest["config"]["clip"]["model"] == "videocfr-tiny"
+    # where the videos were (outside the config hash): readers find them without a flag
+    assert manifest["video_root"] == str((_root / "videos").resolve()) == cache.video_root
+    assert "video_root" not in manifest["config"]["dataset"]
     failures = {f["video_id"]: f["error"] for f in manifest["failures"]}
     assert set(failures) == {"bad", "missing"}
     assert "not found" in failures["missing"] and "not a video" in failures["bad"]

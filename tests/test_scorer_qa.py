@@ -101,6 +101,32 @@ def test_qa_end_to_end_resumable(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_qa_finds_the_videos_where_the_cache_recorded_them(tmp_path, capsys):
+    from videocfr.cache_format import Cache
+    from videocfr.evaluate.frames import load_frames, video_root
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    clips.colour_segments(videos, [100], 250, size=(64, 48), name="vid000.mp4")
+    make_cache(tmp_path / "c", n_videos=1, n_questions=1, k=8, n_failed=0,
+               video_root=str(tmp_path))
+    assert Cache(tmp_path / "c").manifest["video_root"] == str(tmp_path)
+    (tmp_path / "eval.json").write_text(json.dumps(
+        [{"video_id": "vid000", "question_id": "q0", "answer": "B"}]))
+    argv = ["--data", str(tmp_path / "eval.json"), "--cache", str(tmp_path / "c"), "--model",
+            "tiny", "--strategies", "uniform", "--budgets", "2", "-o", str(tmp_path / "out")]
+    assert main(argv) == 0  # no --video-root: the cache's record is enough
+    assert len((tmp_path / "out/samples.jsonl").read_text().splitlines()) == 1
+    # the flag still wins, and a missing video names the flag of this command
+    assert main(argv[:-1] + [str(tmp_path / "o2"), "--video-root", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "--video-root" in err and "data.video_root" not in err and "vid000.mp4" in err
+    cache = Cache(tmp_path / "c")
+    assert video_root(cache) == tmp_path
+    with pytest.raises(FileNotFoundError, match="pass BUILD_DIR"):
+        load_frames(tmp_path / "nope", cache.video("vid000"), np.array([0]), flag="BUILD_DIR")
+
+
 def test_cache_plot_writes_a_png(tmp_path):
     from videocfr.cli import main
 

@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 from synthetic_cache import make_question, make_video
-from videocfr.evaluate.strategies import STRATEGIES, register, select, uniform_positions
+from videocfr.evaluate.strategies import (
+    STRATEGIES,
+    allows_repeats,
+    register,
+    select,
+    uniform_positions,
+)
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
@@ -13,7 +19,9 @@ def test_every_strategy_returns_sorted_distinct_positions(name, n):
     q = make_question(v, "q")
     pos = select(name, v, q, n, np.random.default_rng(0))
     assert pos.dtype == np.int64 and pos.shape == (n,)
-    assert np.all(np.diff(pos) > 0) and 0 <= pos.min() and pos.max() < 8
+    assert 0 <= pos.min() and pos.max() < 8
+    assert np.all(np.diff(pos) >= 0) if allows_repeats(STRATEGIES[name]) else np.all(
+        np.diff(pos) > 0)
 
 
 def test_uniform_positions_spread_evenly():
@@ -58,7 +66,12 @@ def test_a_wrong_strategy_is_caught():
 from dataclasses import replace  # noqa: E402
 
 from videocfr.cache_format.fusion import FusionConfig, fuse_record  # noqa: E402
-from videocfr.evaluate.strategies import aks, distinct_nearest, make_strategy  # noqa: E402
+from videocfr.evaluate.strategies import (  # noqa: E402
+    aks,
+    aks_budget,
+    distinct_nearest,
+    make_strategy,
+)
 
 
 def _with(video, question, **fields):
@@ -105,13 +118,72 @@ def test_novelty_picks_the_outlier_frame():
     assert select("novelty", v, make_question(v, "q"), 1, np.random.default_rng(0)).tolist() == [5]
 
 
-def test_aks_keeps_a_standout_peak_and_covers_a_flat_timeline():
+def test_aks_budget_keeps_a_standout_peak_and_covers_a_flat_timeline():
     v = make_video("v", k=8)
     peak = _with(v, make_question(v, "q"), semantic_raw=[0, 0, 0, 0, 0, 0, 1, 0])
-    assert aks(v, peak, 1, np.random.default_rng(0)).tolist() == [6]  # 1 - 1/8 > 0.8
+    assert aks_budget(v, peak, 1, np.random.default_rng(0)).tolist() == [6]  # 1 - 1/8 > 0.8
     # no standout: the budget is split across halves, then quarters (coverage)
     ramp = _with(v, make_question(v, "q"), semantic_raw=np.linspace(0, 1, 8))
-    assert aks(v, ramp, 4, np.random.default_rng(0)).tolist() == [1, 3, 5, 7]
+    assert aks_budget(v, ramp, 4, np.random.default_rng(0)).tolist() == [1, 3, 5, 7]
+
+
+def test_aks_judges_and_splits_as_the_reference():
+    v = make_video("v", k=8)
+    peak = _with(v, make_question(v, "q"), semantic_raw=[0, 0, 0, 0, 0, 0, 1, 0])
+    # root: top-1 mean 1 minus mean 1/8 = 0.875 > 0.8: kept whole, int(1 / 2**0) = 1 frame
+    assert aks(v, peak, 1, np.random.default_rng(0)).tolist() == [6]
+    v = make_video("v", k=32)
+    raw = np.zeros(32)
+    raw[[2, 3]] = 1.0
+    raw[16:] = 0.5
+    q = _with(v, make_question(v, "q"), semantic_raw=raw)
+    # n = 2. root: top-2 mean 1 - mean (2 + 8)/32 = 0.6875 <= 0.8: split at 16.
+    # [0, 16): 1 - 2/16 = 0.875 > 0.8: kept at depth 1, int(2 / 2) = 1 frame: frame 2 (the
+    # earlier of the tie). [16, 32): flat 0.5, 0 <= 0.8: split down to depth 5, where each
+    # segment gets int(2 / 32) = 0 frames. The reference returns [2]; the shortfall of one is
+    # filled by the best frame not chosen: frame 3.
+    assert aks(v, q, 2, np.random.default_rng(0)).tolist() == [2, 3]
+    assert aks(v, q, 2, np.random.default_rng(0), t1=0.9).tolist() == [2, 3]  # all fill now
+    # a flat timeline: every depth-5 segment gets 0 frames, all n come from the fill
+    flat = _with(v, make_question(v, "q"), semantic_raw=np.full(32, 0.3))
+    assert aks(v, flat, 4, np.random.default_rng(0)).tolist() == [0, 1, 2, 3]
+
+
+def test_bolt_its_as_bolt_computes_it():
+    v = make_video("v", k=6)
+    q = _with(v, make_question(v, "q"), semantic_raw=[0.2, 0.4, 0.2, 0.6, 0.2, 0.2])
+    # minmax: [0, .5, 0, 1, 0, 0]. power 1: cdf = [0, 1/3, 1/3, 1, 1, 1];
+    # quantiles linspace(1/4, 3/4, 4) = [.25, .417, .583, .75] -> first cdf >= q: [1, 3, 3, 3]
+    assert select("bolt-its:power=1", v, q, 4, np.random.default_rng(0)).tolist() == [1, 3, 3, 3]
+    # power 3 (the default): s = [0, .125, 0, 1, 0, 0], cdf = [0, 1/9, 1/9, 1, 1, 1]: every
+    # quantile lands on frame 3, kept four times as BOLT keeps it
+    assert select("bolt-its", v, q, 4, np.random.default_rng(0)).tolist() == [3, 3, 3, 3]
+    # a ramp, power 1: minmax [0, .25, .5, .75, 1], cdf [0, .1, .3, .6, 1];
+    # n = 2: quantiles linspace(1/2, 1/2, 2) = [.5, .5] -> [3, 3]
+    ramp = _with(make_video("r", k=5), make_question(make_video("r", k=5), "q"),
+                 semantic_raw=[0, 1, 2, 3, 4])
+    assert select("bolt-its:power=1", make_video("r", k=5), ramp, 2,
+                  np.random.default_rng(0)).tolist() == [3, 3]
+    assert select("bolt-its:power=1", make_video("r", k=5), ramp, 3,
+                  np.random.default_rng(0)).tolist() == [3, 3, 4]  # q = [1/3, 1/2, 2/3]
+    flat = _with(v, make_question(v, "q"), semantic_raw=np.full(6, 0.1))
+    # all equal: ones, cdf [1/6 .. 1]; q = [.25, .417, .583, .75] -> [1, 2, 3, 4]
+    assert select("bolt-its", v, flat, 4, np.random.default_rng(0)).tolist() == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="unknown parameter 'alpha'"):
+        make_strategy("bolt-its:alpha=2")
+
+
+def test_prior_shuffled_keeps_the_values_and_loses_the_frames():
+    v = make_video("v", k=8)
+    prior = np.array([0.01, 0.01, 0.01, 0.9, 0.01, 0.02, 0.02, 0.02])
+    q = _with(v, make_question(v, "q"), prior=prior)
+    picks = [select("prior-shuffled", v, q, 1, np.random.default_rng(s)).item()
+             for s in range(40)]
+    # the peak goes where the seeded permutation puts it: spread over the candidates
+    assert len(set(picks)) >= 5
+    perm = np.random.default_rng(3).permutation(8)
+    want = int(np.argmax(prior[perm]))
+    assert select("prior-shuffled", v, q, 1, np.random.default_rng(3)).tolist() == [want]
 
 
 def test_re_fused_prior_specs():
@@ -127,10 +199,12 @@ def test_re_fused_prior_specs():
         make_strategy("prior-topn@cfr:w_bogus=1")
     with pytest.raises(ValueError, match="take a fusion"):
         make_strategy("uniform@cfr")
+    with pytest.raises(KeyError, match="Available"):
+        make_strategy("nope:x=1")
 
 
 @pytest.mark.parametrize("name", ["prior-topn", "prior-its", "scene-reps", "novelty", "aks",
-                                  "prior-topn@cfr-novelty"])
+                                  "aks-budget", "prior-shuffled", "prior-topn@cfr-novelty"])
 def test_strategies_at_k_512(name):
     v = make_video("long", k=512, num_frames=512 * 25, num_scenes=40)
     q = make_question(v, "q")

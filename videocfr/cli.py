@@ -26,10 +26,11 @@ STAGES = {
     "train": ("videocfr.train.cli", "CF-GRPO training with priors looked up from a cache"),
     "evaluate": ("videocfr.evaluate.cli", "QA accuracy, V-NIAH and focus metrics"),
     "select": ("videocfr.selector.select", "frames per question: a strategy or a selector"),
+    "world": ("videocfr.train.world_build", "train the world's tiny CLIP and VLM (METHOD §9)"),
 }
 # the extra that installs a module's dependencies, when it is not the command's own name
 EXTRAS = {"videocfr.selector.select": "train", "videocfr.selector.margins": "train",
-          "videocfr.selector.cli": "train"}
+          "videocfr.selector.cli": "train", "videocfr.train.world_build": "train"}
 
 
 def cache_embedder(cache, device: str, checkpoint: str | None):
@@ -78,7 +79,7 @@ def route(command: str, rest: list[str]) -> tuple[str, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    usage = "usage: videocfr {cache,precompute,train,evaluate,select} ...\n\n" + "\n".join(
+    usage = "usage: videocfr {cache,precompute,train,evaluate,select,world} ...\n\n" + "\n".join(
         [f"  {'cache':11s} inspect, verify, merge, re-fuse, export and search prior caches"]
         + [f"  {name:11s} {desc}" for name, (_, desc) in STAGES.items()])
     if not argv or argv[0] in ("-h", "--help"):

@@ -66,6 +66,14 @@ class ScoreItem:
         return out
 
 
+def letter_prompt(question: str, options: list[str]) -> str:
+    """The user text of option-letter scoring: question, "Options:", the options, LETTER_PROMPT.
+
+    Models trained to be scored (the world VLM) train on this very text.
+    """
+    return question.strip() + "\nOptions:\n" + "\n".join(options) + "\n" + LETTER_PROMPT
+
+
 def _even_frames(item: ScoreItem) -> tuple[np.ndarray, np.ndarray]:
     frames = np.asarray(item.frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
@@ -140,9 +148,12 @@ class FrozenScorer:
         """
         import torch
         from transformers import AutoProcessor
+        from videocfr.world.artifacts import check_vlm_dir, is_world_vlm
 
         from .families import family_for_checkpoint
 
+        if is_world_vlm(path):
+            check_vlm_dir(path)  # a world VLM of another generator version is refused
         family = family_for_checkpoint(path)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -217,8 +228,7 @@ class FrozenScorer:
                 if not item.options:
                     raise ValueError(f"question {item.question[:60]!r} has no options; logit "
                                      f"scoring needs multiple choice (use generate mode)")
-                prompts.append(item.question.strip() + "\nOptions:\n" + "\n".join(item.options)
-                               + "\n" + LETTER_PROMPT)
+                prompts.append(letter_prompt(item.question, item.options))
             batch = self.batch_inputs(chunk, prompts)
             with torch.inference_mode():
                 logits = self.model(**batch).logits[:, -1, :].float()  # (B, V), left padded

@@ -137,6 +137,13 @@ SHAPES: dict[str, dict[str, dict]] = {
         "vision": dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, window_size=56,
                        fullatt_block_indexes=[1]),
     },
+    # the world's video QA model (train.world_vlm): wide enough to tell shapes apart
+    "world": {
+        "text": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3,
+                     num_attention_heads=4, num_key_value_heads=2, mrope_section=[4, 6, 6]),
+        "vision": dict(depth=3, hidden_size=96, intermediate_size=192, num_heads=4,
+                       window_size=112, fullatt_block_indexes=[2]),
+    },
     # "vision": Qwen2.5-VL's real 32-layer vision tower (670M parameters) with a 2-layer LLM
     # of hidden 256: a shape where the vision tower is most of a forward, for CPU speed checks
     # of running it once per prompt (benchmarks/bench_train_step.py --size vision).

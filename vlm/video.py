@@ -58,10 +58,13 @@ def resolve_video_root(cache: Cache, override: str | None) -> Path:
         override: data.video_root from the train config (wins when set).
 
     Returns:
-        Path: the override, else the `video_root` the precompute config recorded, else ".".
+        Path: the override, else where precompute found the videos (the manifest's
+        `video_root`), else a `video_root` the precompute config recorded, else ".".
     """
     if override is not None:
         return Path(override)
+    if getattr(cache, "video_root", None):
+        return Path(cache.video_root)
     config = cache.config or {}
     for holder in (config, config.get("dataset") or {}, config.get("data") or {}):
         if isinstance(holder, dict) and holder.get("video_root"):
