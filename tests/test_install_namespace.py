@@ -36,6 +36,8 @@ def test_wheel_installs_only_the_videocfr_namespace(tmp_path):
     for stage in STAGES:  # every package of the source tree is in the wheel, under videocfr/
         for init in (REPO / stage).rglob("__init__.py"):
             assert f"videocfr/{init.relative_to(REPO).as_posix()}" in names
+    for config in (REPO / "world" / "model_configs").glob("*.json"):  # data the code loads
+        assert f"videocfr/world/model_configs/{config.name}" in names
     entry = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "videocfr = videocfr.cli:main" in entry
