@@ -36,6 +36,7 @@ from videocfr.cache_format import (
     VideoRecord,
     finalize_cache,
 )
+from videocfr.cache_format.fusion import FUSION_INPUTS
 
 K, DIM = 32, 16  # embeddings are not read by a lookup; a small D keeps the 1M cache small
 QUESTIONS_PER_VIDEO = 50
@@ -64,8 +65,8 @@ def build(path: Path, n_questions: int, seed: int = 0) -> None:
             priors = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
             qs = [QuestionRecord(video_id=vid, question_id=f"q{j:03d}", question="?", options=[],
                                  answer="A", problem_type="multiple choice",
-                                 text_embedding=emb[0], uniform=ones, scene=ones, semantic=ones,
-                                 semantic_raw=ones, prior=priors[j].astype(np.float32))
+                                 text_embedding=emb[0], prior=priors[j].astype(np.float32),
+                                 **{name: ones for name in FUSION_INPUTS})
                   for j in range(QUESTIONS_PER_VIDEO)]
             w.add(video, qs)
     finalize_cache(path)

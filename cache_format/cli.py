@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from .fusion import PRESETS
+from .fusion import CLI_WEIGHTS, PRESETS
 from .merge import merge_caches
 from .reader import Cache
 from .schema import CacheError
@@ -198,7 +198,7 @@ def cache_parser() -> argparse.ArgumentParser:
                        help="new priors from the stored saliences (no decode, no CLIP)")
     p.add_argument("cache")
     p.add_argument("--preset", required=True, choices=PRESETS)
-    p.add_argument("--weights", default=None, help="wu,ws,wr[,wn] (default: the preset's)")
+    p.add_argument("--weights", default=None, help=f"{CLI_WEIGHTS} (default: the preset's)")
     p.add_argument("--temperature", type=float, default=None, help="softmax tau (default 0.1)")
     p.add_argument("-o", "--output", required=True, help="new cache directory")
     p.set_defaults(func=_re_fuse)

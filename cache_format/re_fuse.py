@@ -1,7 +1,7 @@
 """`videocfr cache re-fuse`: new consensus priors from a cache's stored saliences.
 
 A team that did not pay for the decode + CLIP pass re-weights the sources another way (another
-preset, other weights, another temperature). Every input of the fusion is in the cache (the three
+preset, other weights, another temperature). Every input of the fusion is in the cache (the stored
 per-source saliences, the raw semantic scores, the scene representatives and, for the novelty
 source, the frame embeddings), so a re-fuse reads the shards, fuses (cache_format/fusion.py, pure
 numpy) and writes a new cache through the normal ShardWriter. No decode, no CLIP, no torch.
@@ -30,12 +30,14 @@ from tqdm import tqdm
 
 from . import schema
 from .fusion import (
+    CLI_WEIGHT_FIELDS,
+    CLI_WEIGHTS,
     FUSION_INPUTS,
-    WEIGHT_FIELDS,
+    SALIENCES,
+    SOURCES,
     FusionConfig,
-    fuse,
-    minmax,
-    novelty_salience,
+    derive_sources,
+    fuse_saliences,
 )
 from .io import fsync_dir
 from .reader import Cache
@@ -46,7 +48,6 @@ from .writer import ShardWriter, finalize_cache
 log = logging.getLogger(__name__)
 
 RE_FUSED_FROM = "refused_from"  # config key: the source cache's config hash
-SEMANTIC_ATOL = 1e-3  # stored semantic vs min-max of stored semantic_raw (float32 round trips)
 
 
 def _str(f, name: str) -> list[str]:
@@ -56,37 +57,31 @@ def _str(f, name: str) -> list[str]:
 def check_saliences(video: VideoRecord, q: QuestionRecord, where: str) -> None:
     """Check one question's stored saliences before they are fused again.
 
-    Shapes equal the video's K; every value finite; uniform = 1; scene and semantic in [0, 1];
-    scene = 1 at the scene representatives; semantic = min-max(semantic_raw) (METHOD §2).
+    Shapes equal the video's K; every value finite; each stored salience in [0, 1]; then each
+    source's own check of fusion.SOURCES (uniform = 1; scene = 1 at the scene representatives;
+    semantic = min-max(semantic_raw), METHOD §2).
 
     Raises:
         SchemaError naming `where` (shard), the video, the question and the salience.
     """
     who = f"{where}: video {q.video_id!r} question {q.question_id!r}"
     k = video.num_sampled
-    for name in FUSION_INPUTS:
-        arr = getattr(q, name)
+    inputs = {name: getattr(q, name) for name in FUSION_INPUTS}
+    for name, arr in inputs.items():
         if arr.shape != (k,):
             raise schema.SchemaError(f"{who}: salience {name} has shape {arr.shape}, the video "
                                      f"has K = {k} frames")
         if not np.isfinite(arr).all():
             raise schema.SchemaError(f"{who}: salience {name} holds NaN or inf")
-    for name in ("scene", "semantic"):
-        arr = getattr(q, name)
+    for name in SALIENCES:
+        arr = inputs[name]
         if arr.min() < 0 or arr.max() > 1:
             raise schema.SchemaError(f"{who}: salience {name} leaves [0, 1] "
                                      f"(min {arr.min():.4g}, max {arr.max():.4g})")
-    if not np.all(q.uniform == 1):
-        raise schema.SchemaError(f"{who}: salience uniform is not 1 everywhere: the saliences "
-                                 f"are missing or not this format's")
-    if not video.scene_rep.any() or np.any(np.abs(q.scene[video.scene_rep] - 1) > 1e-6):
-        raise schema.SchemaError(f"{who}: salience scene is not 1 at the scene representatives")
-    raw = q.semantic_raw.astype(np.float64)
-    if raw.max() - raw.min() > 1e-5:  # near-equal raw scores: min-max is all ones or ambiguous
-        gap = float(np.max(np.abs(minmax(raw) - q.semantic)))
-        if gap > SEMANTIC_ATOL:
-            raise schema.SchemaError(f"{who}: salience semantic differs from the min-max of "
-                                     f"semantic_raw by {gap:.3g}: the two are inconsistent")
+    for source in SOURCES:
+        why = source.check(inputs, video.scene_rep) if source.check else None
+        if why:
+            raise schema.SchemaError(f"{who}: {why}")
 
 
 def re_fused_config(source_config: dict, source_hash: str, fusion: FusionConfig) -> dict:
@@ -99,19 +94,23 @@ def re_fused_config(source_config: dict, source_hash: str, fusion: FusionConfig)
 
 def fusion_from_cli(preset: str, weights: str | None, temperature: float | None,
                     source_config: dict | None = None) -> FusionConfig:
-    """A FusionConfig from `--preset`, `--weights wu,ws,wr[,wn]` and `--temperature`.
+    """A FusionConfig from `--preset`, `--weights wu,ws,wr[,wn]` (fusion.CLI_WEIGHTS) and
+    `--temperature`.
 
     Weights not given take the preset's; the source's semantic_top_frac is kept.
     """
     kwargs: dict = {"preset": preset}
     if weights is not None:
+        low, high = len(SALIENCES), len(CLI_WEIGHT_FIELDS)
+        counts = f"{low} or {high}" if high - low == 1 else f"{low} to {high}"
+        fix = f"--weights {weights!r}: give {counts} numbers {CLI_WEIGHTS}"
         try:
             values = [float(w) for w in weights.split(",")]
         except ValueError:
-            raise ValueError(f"--weights {weights!r}: give 3 or 4 numbers wu,ws,wr[,wn]") from None
-        if len(values) not in (3, 4):
-            raise ValueError(f"--weights {weights!r}: give 3 or 4 numbers wu,ws,wr[,wn]")
-        kwargs.update(zip(WEIGHT_FIELDS, values))
+            raise ValueError(fix) from None
+        if not low <= len(values) <= high:
+            raise ValueError(fix)
+        kwargs.update(zip(CLI_WEIGHT_FIELDS, values))
     if temperature is not None:
         kwargs["temperature"] = float(temperature)
     frac = ((source_config or {}).get("fusion") or {}).get("semantic_top_frac")
@@ -120,7 +119,7 @@ def fusion_from_cli(preset: str, weights: str | None, temperature: float | None,
     return FusionConfig(**kwargs)
 
 
-def _shard_records(f, where: str, needs_novelty: bool, fusion: FusionConfig):
+def _shard_records(f, where: str, fusion: FusionConfig):
     """(video, questions, aliases) of one open shard, read whole and re-fused."""
     vids = _str(f, "videos/video_id")
     status = _str(f, "videos/status")
@@ -141,7 +140,8 @@ def _shard_records(f, where: str, needs_novelty: bool, fusion: FusionConfig):
     for alias, row in zip(_str(f, "aliases/video_id"), f["aliases/video_row"][()].tolist()):
         aliases.setdefault(int(row), []).append(alias)
     n_video, n_q = len(vids), len(qrow)
-    if fo.shape != (n_video + 1,) or qo.shape != (n_q + 1,) or qo[-1] != qf["uniform"].shape[0]:
+    n_qf = qf[FUSION_INPUTS[0]].shape[0]
+    if fo.shape != (n_video + 1,) or qo.shape != (n_q + 1,) or qo[-1] != n_qf:
         raise schema.SchemaError(f"{where}: offset tables do not match their tables")
     if n_q and (qrow.min() < 0 or qrow.max() >= n_video):
         raise schema.SchemaError(f"{where}: questions/video_row points outside the videos table")
@@ -164,12 +164,11 @@ def _shard_records(f, where: str, needs_novelty: bool, fusion: FusionConfig):
             timestamps=frames["timestamp"][a:b], scenes=bounds[sa:sb],
             frame_scene=frames["scene"][a:b], scene_rep=frames["scene_rep"][a:b],
             embeddings=frames["embedding"][a:b])
-        novelty = None
-        if needs_novelty:
+        for name in fusion.derived_needed:
             if not np.isfinite(video.embeddings).all():
                 raise schema.SchemaError(f"{where}: video {vids[v]!r}: frame embeddings hold "
-                                         f"NaN or inf (the novelty source needs them)")
-            novelty = novelty_salience(video.embeddings)
+                                         f"NaN or inf (the {name} source needs them)")
+        derived = derive_sources(video.embeddings, fusion)
         questions = []
         for row in by_video.get(v, []):
             qa, qb = int(qo[row]), int(qo[row + 1])
@@ -185,8 +184,7 @@ def _shard_records(f, where: str, needs_novelty: bool, fusion: FusionConfig):
                 problem_type=qtext["problem_type"][row], text_embedding=text_emb[row],
                 prior=np.zeros(0, np.float32), **sal)
             check_saliences(video, q, where)
-            q.prior = fuse(q.uniform, q.scene, q.semantic, q.semantic_raw, video.scene_rep,
-                           fusion, novelty=novelty)
+            q.prior = fuse_saliences(sal, video.scene_rep, fusion, derived)
             questions.append(q)
         yield video, questions, aliases.get(v, [])
 
@@ -230,8 +228,7 @@ def re_fuse_cache(source: str | Path, out: str | Path, fusion: FusionConfig,
                          video_root=m.get("video_root")) as writer:
             for i, path in enumerate(tqdm(src.shard_paths, desc="re-fuse", unit="shard")):
                 where = str(path)
-                for video, questions, aliases in _shard_records(src.file(i), where,
-                                                                fusion.needs_novelty, fusion):
+                for video, questions, aliases in _shard_records(src.file(i), where, fusion):
                     writer.add(video, questions, aliases=aliases)
                     n_questions += len(questions)
             writer.add_skipped(int(m["counts"].get("skipped_questions", 0)))

@@ -241,5 +241,5 @@ class Cache:
         return f["qframes/prior"][a:b]
 
     def saliences(self, video_id: str, question_id: str) -> dict[str, np.ndarray]:
-        """{uniform, scene, semantic}: float32 [K] each."""
+        """{name: float32 [K]} of the stored sources (fusion.SALIENCES: uniform, scene, semantic)."""
         return self.question(video_id, question_id).saliences()

@@ -132,7 +132,8 @@ class QuestionRecord:
         answer: ground-truth answer (a letter for multiple choice).
         problem_type: Video-R1 type: multiple choice, numerical, OCR, free-form, regression.
         text_embedding: float16 [D], L2-normalised CLIP embedding of the question text.
-        uniform, scene, semantic: float32 [K] per-source saliences in [0, 1] (METHOD §2).
+        uniform, scene, semantic: float32 [K] per-source saliences in [0, 1] (METHOD §2): one
+            field per stored source of fusion.SOURCES (SALIENCES).
         semantic_raw: float32 [K] max cosine before min-max normalisation.
         prior: float32 [K] fused consensus prior, sums to 1 (METHOD §3).
     """

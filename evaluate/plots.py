@@ -1,8 +1,8 @@
 """`videocfr cache plot`: one cached video as a picture — what the prior is about, over time.
 
 Top: a thumbnail strip of the K candidates, decoded at their cached frame indices (every few
-candidates when K is large). Below, against time: the scene cuts, the three saliences (uniform,
-scene, semantic) and the consensus prior of one question (the video's first by default).
+candidates when K is large). Below, against time: the scene cuts, the stored saliences
+(cache_format.fusion.SALIENCES: uniform, scene, semantic) and the consensus prior of one question (the video's first by default).
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 from videocfr.cache_format import Cache
+from videocfr.cache_format.fusion import SALIENCES
 
 MAX_THUMBS = 16
+COLOURS = {"uniform": "0.6", "scene": "tab:green", "semantic": "tab:blue"}
 
 
 def plot_video(cache: Cache, video_id: str, out: str | Path, question_id: str | None = None,
@@ -57,9 +59,9 @@ def plot_video(cache: Cache, video_id: str, out: str | Path, question_id: str | 
     cuts = [video.scenes[j, 0] / video.fps for j in range(1, len(video.scenes))]
     ax = fig.add_subplot(grid[1, :])
     if question is not None:
-        for name, colour in (("uniform", "0.6"), ("scene", "tab:green"),
-                             ("semantic", "tab:blue")):
-            ax.plot(t, getattr(question, name), label=name, color=colour, marker=".", lw=1)
+        for name in SALIENCES:  # other sources take matplotlib's next colour
+            ax.plot(t, getattr(question, name), label=name, color=COLOURS.get(name),
+                    marker=".", lw=1)
     reps = np.flatnonzero(video.scene_rep)
     ax.scatter(t[reps], np.full(reps.size, 1.05), marker="v", color="tab:green", s=18,
                label="scene representative")

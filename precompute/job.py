@@ -435,8 +435,7 @@ class Precomputer:
             out.append(QuestionRecord(
                 video_id=video.video_id, question_id=q.question_id, question=q.question,
                 options=list(q.options), answer=q.answer, problem_type=q.problem_type,
-                text_embedding=t[0].astype(np.float16), uniform=sal.uniform, scene=sal.scene,
-                semantic=sal.semantic, semantic_raw=sal.semantic_raw, prior=sal.prior))
+                text_embedding=t[0].astype(np.float16), **sal.arrays()))
         return record, out
 
     def finalize(self) -> dict:

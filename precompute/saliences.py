@@ -26,7 +26,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from videocfr.cache_format.fusion import FusionConfig, fuse, minmax, novelty_salience
+from videocfr.cache_format.fusion import (
+    QFRAME_ARRAYS,
+    FusionConfig,
+    derive_sources,
+    fuse_saliences,
+    minmax,
+)
 
 AGGREGATIONS = ("max", "mean")
 
@@ -73,13 +79,18 @@ class SceneSaliences:
 
 @dataclass
 class QuestionSaliences:
-    """All saliences of one question and its fused prior, float32 [K] each."""
+    """All saliences of one question and its fused prior, float32 [K] each: one field per
+    stored source of cache_format.fusion.SOURCES, the raw semantic scores and the prior."""
 
     uniform: np.ndarray
     scene: np.ndarray
     semantic: np.ndarray
     semantic_raw: np.ndarray
     prior: np.ndarray
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """{name: float32 [K]} of every per-frame array a cache stores (fusion.QFRAME_ARRAYS)."""
+        return {name: getattr(self, name) for name in QFRAME_ARRAYS}
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -249,11 +260,9 @@ def question_saliences(scene: SceneSaliences, global_emb: np.ndarray,
         raw = np.asarray(raw, dtype=np.float64)
         if raw.shape != (k,):
             raise ValueError(f"raw semantic scores have shape {raw.shape}, expected ({k},)")
-    uniform = uniform_salience(k)
-    semantic = minmax(raw)
-    # novelty from the embeddings as the cache stores them (float16), so a re-fuse matches
-    novelty = (novelty_salience(global_emb.astype(np.float16)) if fusion.needs_novelty else None)
-    prior = fuse(uniform, scene.scene, semantic, raw.astype(np.float32), scene.scene_rep, fusion,
-                 novelty=novelty)
-    return QuestionSaliences(uniform=uniform, scene=scene.scene, semantic=semantic,
-                             semantic_raw=raw.astype(np.float32), prior=prior)
+    inputs = {"uniform": uniform_salience(k), "scene": scene.scene, "semantic": minmax(raw),
+              "semantic_raw": raw.astype(np.float32)}
+    # derived sources from the embeddings as the cache stores them (float16): a re-fuse matches
+    derived = derive_sources(global_emb.astype(np.float16), fusion)
+    prior = fuse_saliences(inputs, scene.scene_rep, fusion, derived)
+    return QuestionSaliences(**inputs, prior=prior)
