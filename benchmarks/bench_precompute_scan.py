@@ -10,7 +10,7 @@ decodes every frame front to back at the decode size of precompute (short side 2
   (swscale; a new conversion context per frame);
 * PyAV tuned: one persistent `VideoReformatter`, every frame converted straight to the scene
   detector's size in BGR (fast bilinear), and only the K = 32 sampled frames to the decode size
-  in RGB (bicubic) — what `sampling.decoder: pyav` (precompute/scan_pyav.py) does;
+  in RGB (bicubic) — what `sampling.decoder: pyav` (vlm.decoders.PyAVDecoder.scan_keep) does;
 * PyAV decode only (no conversion): the decoder's own floor;
 
 and reports seconds, ms per frame, the frame count and presentation times (must agree exactly),

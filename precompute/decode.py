@@ -2,14 +2,15 @@
 
 Why one pass: `VideoReader.get_batch` on sparse indices seeks, and every seek re-decodes a whole
 GOP from the previous key frame; K seeks plus `scenedetect.detect` (another full decode) cost
-several decodes of the file. Here decord decodes the file ONCE, front to back, in consecutive
-batches, already scaled down inside decord (`width`/`height`: the RGB conversion and copy of a
-small frame are far cheaper than of a 720p one). Every frame goes to the scene detector
-(precompute/scenes.py, further downsized); the K sampled frames are kept.
+several decodes of the file. Here the file is decoded ONCE, front to back, by the backend of
+`sampling.decoder` through the decoder interface (vlm.decoders, `Decoder.scan_keep`): decord in
+consecutive batches already scaled down inside decord, or threaded PyAV converting each frame
+straight to the detector's small size. Every frame goes to the scene detector
+(precompute/scenes.py); the K sampled frames are kept.
 
-With `sampling.decoder: pyav` the scan itself is done by threaded PyAV (precompute/scan_pyav.py;
-the file is still probed and indexed by decord, and a part whose PyAV frames disagree with that
-index is decoded by decord instead).
+The file is probed and indexed by decord whatever the backend (frame count, rate, timestamps,
+the checks below); a part whose PyAV frames disagree with that index (`IndexMismatch`) is
+decoded by decord instead, so a backend never changes which frame is which.
 
 Long videos are decoded in P parts at once (P decode processes, see worker.py): part j decodes
 the frames [start_j, stop_j) front to back, beginning `WARMUP_FRAMES` earlier so its scene
@@ -34,13 +35,11 @@ from __future__ import annotations
 import logging
 import math
 import os
-import queue
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from videocfr.vlm.decoders import DECODERS as DECODER_BACKENDS
+from videocfr.vlm.decoders import Decoder, DecodeError, IndexMismatch, get_decoder
 
 from .scenes import SceneConfig, SceneTracker, cuts_to_scenes
 
@@ -82,7 +81,7 @@ class SamplingConfig:
             both sides even (CLIP resizes to 224 anyway; never upscaled). None decodes at the
             file's own size.
         decoder: library of the sequential scan: "decord" (default) or "pyav" (threaded PyAV,
-            precompute/scan_pyav.py: faster on 720p H.264, same frames and cuts, the sampled
+            vlm.decoders.PyAVDecoder.scan_keep: faster on 720p H.264, same frames and cuts, the sampled
             frames' pixels differ from decord's by a few grey levels). The file is indexed by
             decord either way; train/eval read frames with the backend the cache records
             (vlm.decoders.cache_decoder).
@@ -251,53 +250,36 @@ def _check_constant_rate(path: str, vr, fps: float) -> np.ndarray:
     return starts
 
 
-def _batches(vr, path: str, n: int, batch_frames: int, first: int = 0
-             ) -> Iterator[tuple[int, np.ndarray]]:
-    """(start, uint8 [B, H, W, 3]) consecutive batches of frames [first, n), one batch ahead.
+def detector_size(width: int, height: int, downscale_width: int) -> tuple[int, int]:
+    """(width, height) the scene detector sees for frames decoded at (width, height)."""
+    if downscale_width and width > downscale_width:
+        return downscale_width, max(1, round(height * downscale_width / width))
+    return width, height
 
-    decord releases the GIL while it decodes (ctypes calls), so the scene detector runs on
-    batch i in the caller's thread while batch i+1 is decoded.
+
+def scan_range(decoder: Decoder, path: str, lo: int, hi: int, wanted: np.ndarray,
+               width: int, height: int, scenes_cfg: SceneConfig, fps: float, threads: int,
+               timestamps: np.ndarray, *, resize: bool = True, batch_frames: int = BATCH_FRAMES
+               ) -> tuple[np.ndarray, list[int]]:
+    """Decode frames [lo, hi) front to back with `decoder`, feed the scene detector, keep the
+    wanted frames (`Decoder.scan_keep`).
+
+    Returns:
+        (uint8 [k, height, width, 3] RGB kept frames, cut frame numbers found in [lo, hi)).
+
+    Raises:
+        VideoDecodeError: the file stops decoding part way.
+        IndexMismatch: the decode disagrees with `timestamps` (PyAV; the caller falls back).
     """
-    import decord
-
-    out: queue.Queue = queue.Queue(maxsize=2)
-    stop = threading.Event()
-
-    def read() -> None:
-        for start in range(first, n, batch_frames):
-            end = min(n, start + batch_frames)
-            try:
-                item = (start, vr.get_batch(list(range(start, end))).asnumpy())
-            except Exception as err:  # handed to the consumer thread, which raises it
-                item = (start, err)
-            while not stop.is_set():
-                try:
-                    out.put(item, timeout=0.5)
-                    break
-                except queue.Full:
-                    continue
-            if stop.is_set() or isinstance(item[1], Exception):
-                return
-
-    reader = threading.Thread(target=read, name="videocfr-decode-reader", daemon=True)
-    reader.start()
+    tracker = SceneTracker(scenes_cfg, fps=fps, rgb=decoder.detector_rgb)
+    small = detector_size(width, height, scenes_cfg.downscale_width)
     try:
-        for _ in range(first, n, batch_frames):
-            start, batch = out.get()
-            if isinstance(batch, decord.DECORDError):
-                lines = [ln for ln in str(batch).strip().splitlines() if ln.strip()]
-                last = min(n, start + batch_frames) - 1
-                raise VideoDecodeError(
-                    f"{path}: decoding failed at frames {start}-{last} (truncated or "
-                    f"corrupt file): "
-                    f"{lines[0][:200] if lines else 'DECORDError'}. Re-download or re-encode it"
-                ) from None
-            if isinstance(batch, Exception):
-                raise batch
-            yield start, batch
-    finally:
-        stop.set()
-        reader.join()
+        frames = decoder.scan_keep(path, lo, hi, wanted, (width, height), tracker.update, small,
+                                   timestamps, resize=resize, num_threads=threads,
+                                   batch_frames=batch_frames)
+    except DecodeError as err:
+        raise VideoDecodeError(str(err)) from None
+    return frames, tracker.cuts()
 
 
 def part_bounds(num_frames: int, num_parts: int,
@@ -386,35 +368,17 @@ def decode_part(path: str | os.PathLike, sampling: SamplingConfig | None = None,
     hi = min(n, stop + TAIL_FRAMES) if part < len(bounds) - 1 else n
     width, height = decode_size(first[1], first[0], sampling.short_side)
     rows = np.flatnonzero((indices >= start) & (indices < stop))
-    if sampling.decoder == "pyav":
-        from .scan_pyav import ScanMismatch, scan_part
-
-        try:
-            frames, found = scan_part(path, lo, hi, indices[rows], width, height, scenes_cfg,
-                                      fps, threads, timestamps)
-            return DecodedPart(fps=fps, num_frames=n, frame_indices=indices, rows=rows,
-                               frames=frames, cuts=[c for c in found if start <= c < stop])
-        except ScanMismatch as err:
-            logger.warning("%s: the PyAV scan of frames %d-%d disagrees with the index (%s); "
-                           "decoding them with decord", path, lo, hi - 1, err)
-    vr = _open(path, width=width, height=height, num_threads=threads) \
-        if (width, height) != (first[1], first[0]) else _open(path, num_threads=threads)
-
-    frames = np.empty((len(rows), height, width, 3), np.uint8)
-    tracker = SceneTracker(scenes_cfg, fps=fps, rgb=True)
-    wanted = 0  # next of `rows` to fill
-    for first_frame, batch in _batches(vr, path, hi, batch_frames, first=lo):
-        if batch.shape[1:] != (height, width, 3):
-            raise VideoDecodeError(f"{path}: frame size changed mid-stream to {batch.shape[1:]};"
-                                   f" re-encode it to one resolution")
-        end = first_frame + len(batch)
-        for i, frame in enumerate(batch):
-            tracker.update(first_frame + i, frame)
-        while wanted < len(rows) and indices[rows[wanted]] < end:
-            frames[wanted] = batch[indices[rows[wanted]] - first_frame]
-            wanted += 1
-    assert wanted == len(rows), (wanted, len(rows))
-    cuts = [c for c in tracker.cuts() if start <= c < stop]
+    decoder = get_decoder(sampling.decoder)
+    args = (path, lo, hi, indices[rows], width, height, scenes_cfg, fps, threads, timestamps)
+    resize = (width, height) != (first[1], first[0])
+    try:
+        frames, found = scan_range(decoder, *args, resize=resize, batch_frames=batch_frames)
+    except IndexMismatch as err:  # only a backend that is not the index's (decord) disagrees
+        logger.warning("%s: the %s scan of frames %d-%d disagrees with the index (%s); "
+                       "decoding them with decord", path, decoder.title, lo, hi - 1, err)
+        frames, found = scan_range(get_decoder("decord"), *args, resize=resize,
+                                   batch_frames=batch_frames)
+    cuts = [c for c in found if start <= c < stop]
     return DecodedPart(fps=fps, num_frames=n, frame_indices=indices, rows=rows, frames=frames,
                        cuts=cuts)
 

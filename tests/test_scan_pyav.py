@@ -41,14 +41,14 @@ def test_pyav_scan_equals_decord_on_a_real_clip():
 
 
 def test_a_disagreeing_scan_falls_back_to_decord(tmp_path, monkeypatch, caplog):
-    from videocfr.precompute import scan_pyav
+    from videocfr.vlm.decoders import IndexMismatch, PyAVDecoder
 
     clip = videos.colour_segments(tmp_path, [30], 60)
 
     def mismatch(*args, **kwargs):
-        raise scan_pyav.ScanMismatch("expected frame 12, decoded frame 13")
+        raise IndexMismatch("expected frame 12, decoded frame 13")
 
-    monkeypatch.setattr(scan_pyav, "scan_part", mismatch)
+    monkeypatch.setattr(PyAVDecoder, "scan_keep", mismatch)
     with caplog.at_level(logging.WARNING, logger="videocfr.precompute.decode"):
         got = decode_video(clip, PYAV)
     assert "disagrees with the index (expected frame 12" in caplog.text

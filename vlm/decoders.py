@@ -11,7 +11,10 @@ model is shown the very pixels the prior was computed on.
     frames = dec.read_at("clip.mp4", np.array([0, 5, 9]))  # uint8 [3, H, W, 3] RGB
     for index, frame in dec.scan("clip.mp4", 0, info.num_frames): ...
 
-A new backend is one class with these three methods and one entry of `DECODERS`.
+Precompute's decode pass uses a fourth method, `scan_keep`: one front-to-back pass over a frame
+range that hands every frame to a callback (the scene detector) in the backend's cheapest form
+and keeps the wanted frames at the decode size. A new backend is one class with these four
+methods and one entry of `DECODERS`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+import queue
+import threading
 
 import numpy as np
 
@@ -39,10 +45,25 @@ class VideoInfo:
     height: int
 
 
+class DecodeError(RuntimeError):
+    """A file that stops decoding part way (truncated or corrupt); the message names the fix."""
+
+
+class IndexMismatch(Exception):
+    """A scan that disagrees with the frame index it was given (the caller falls back)."""
+
+
+# scan_keep's callback: (frame number, frame) for every frame of the range, in order.
+Detect = Callable[[int, np.ndarray], None]
+
+
 class Decoder(Protocol):
     """The interface every backend implements (see the module docstring)."""
 
     name: str
+    title: str  # the library's own spelling, for messages
+    # scan_keep hands `detect` RGB frames at the decode size (True) or BGR frames at `small`
+    detector_rgb: bool
 
     def probe(self, path: str | Path) -> VideoInfo: ...
 
@@ -51,6 +72,32 @@ class Decoder(Protocol):
 
     def read_at(self, path: str | Path, indices: np.ndarray, method: str = "auto",
                 num_threads: int = 1) -> np.ndarray: ...
+
+    def scan_keep(self, path: str, lo: int, hi: int, wanted: np.ndarray, size: tuple[int, int],
+                  detect: Detect, small: tuple[int, int], timestamps: np.ndarray, *,
+                  resize: bool = True, num_threads: int = 1, batch_frames: int = 32
+                  ) -> np.ndarray:
+        """Decode frames [lo, hi) front to back once, keep the wanted ones.
+
+        Args:
+            path: the video file.
+            lo, hi: the frame range.
+            wanted: int64 [k] ascending frame numbers in [lo, hi) to keep.
+            size: (width, height) of the kept frames.
+            detect: called with every frame of the range, in order (see `detector_rgb`).
+            small: (width, height) of the frames `detect` gets when `detector_rgb` is False.
+            timestamps: float64 [N] presentation time (s) of every frame: the caller's index.
+            resize: False when `size` is the file's own size (decode without scaling).
+            num_threads: decoder threads.
+            batch_frames: frames decoded per call, where the backend decodes in batches.
+
+        Returns:
+            uint8 [k, height, width, 3] RGB, the wanted frames.
+
+        Raises:
+            DecodeError: the file stops decoding part way.
+            IndexMismatch: the frames decoded disagree with `timestamps`.
+        """
 
 
 def _sequential_wanted(method: str, indices: np.ndarray) -> bool:
@@ -86,10 +133,60 @@ def _pick(indices: np.ndarray, frames: Iterator[tuple[int, np.ndarray]]) -> np.n
     return np.stack(out)
 
 
+def _decord_batches(vr, path: str, n: int, batch_frames: int, first: int = 0
+                    ) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, uint8 [B, H, W, 3]) consecutive batches of frames [first, n), one batch ahead.
+
+    decord releases the GIL while it decodes (ctypes calls), so the caller's work on batch i
+    (the scene detector) runs while batch i+1 is decoded.
+    """
+    import decord  # noqa: PLC0415
+
+    out: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def read() -> None:
+        for start in range(first, n, batch_frames):
+            end = min(n, start + batch_frames)
+            try:
+                item = (start, vr.get_batch(list(range(start, end))).asnumpy())
+            except Exception as err:  # handed to the consumer thread, which raises it
+                item = (start, err)
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+            if stop.is_set() or isinstance(item[1], Exception):
+                return
+
+    reader = threading.Thread(target=read, name="videocfr-decode-reader", daemon=True)
+    reader.start()
+    try:
+        for _ in range(first, n, batch_frames):
+            start, batch = out.get()
+            if isinstance(batch, decord.DECORDError):
+                lines = [ln for ln in str(batch).strip().splitlines() if ln.strip()]
+                last = min(n, start + batch_frames) - 1
+                raise DecodeError(
+                    f"{path}: decoding failed at frames {start}-{last} (truncated or "
+                    f"corrupt file): "
+                    f"{lines[0][:200] if lines else 'DECORDError'}. Re-download or re-encode it")
+            if isinstance(batch, Exception):
+                raise batch
+            yield start, batch
+    finally:
+        stop.set()
+        reader.join()
+
+
 class DecordDecoder:
     """decord's VideoReader (CPU)."""
 
     name = "decord"
+    title = "decord"
+    detector_rgb = True  # decord converts every frame to RGB at the decode size anyway
 
     def _open(self, path: Path, num_threads: int):
         import decord  # noqa: PLC0415  (optional dependency)
@@ -132,6 +229,37 @@ class DecordDecoder:
             pos += 1
         return np.stack(frames)
 
+    def scan_keep(self, path: str, lo: int, hi: int, wanted: np.ndarray, size: tuple[int, int],
+                  detect: Detect, small: tuple[int, int], timestamps: np.ndarray, *,
+                  resize: bool = True, num_threads: int = 1, batch_frames: int = 32
+                  ) -> np.ndarray:
+        """`Decoder.scan_keep`: consecutive `get_batch` calls, already scaled inside decord (the
+        RGB conversion and copy of a small frame are far cheaper than of a 720p one)."""
+        import decord  # noqa: PLC0415
+
+        width, height = size
+        try:
+            vr = (decord.VideoReader(path, ctx=decord.cpu(0), width=width, height=height,
+                                     num_threads=num_threads) if resize else
+                  decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads))
+        except (decord.DECORDError, RuntimeError, AssertionError) as err:
+            raise DecodeError(f"{path}: decord cannot open it again to decode ({err}); "
+                              f"re-download or re-encode it") from None
+        frames = np.empty((len(wanted), height, width, 3), np.uint8)
+        kept = 0  # next of `wanted` to fill
+        for first_frame, batch in _decord_batches(vr, path, hi, batch_frames, first=lo):
+            if batch.shape[1:] != (height, width, 3):
+                raise DecodeError(f"{path}: frame size changed mid-stream to {batch.shape[1:]};"
+                                  f" re-encode it to one resolution")
+            end = first_frame + len(batch)
+            for i, frame in enumerate(batch):
+                detect(first_frame + i, frame)
+            while kept < len(wanted) and wanted[kept] < end:
+                frames[kept] = batch[wanted[kept] - first_frame]
+                kept += 1
+        assert kept == len(wanted), (kept, len(wanted))
+        return frames
+
 
 def indexed_frames(frames: Iterable, ts: np.ndarray, lo: int, time_base: float, gap: float,
                    error: Callable[[str], Exception]) -> Iterator[tuple[int, object]]:
@@ -168,6 +296,10 @@ class PyAVDecoder:
     """PyAV (FFmpeg's libraries), frames converted to RGB at their own size."""
 
     name = "pyav"
+    title = "PyAV"
+    # scan_keep converts each frame once, straight to the detector's small BGR size (swscale,
+    # fast bilinear), and only the kept frames to the decode size in RGB (bicubic)
+    detector_rgb = False
 
     def index(self, path: str | Path) -> tuple[np.ndarray, float]:
         """(float64 [N] presentation times in s of the frames, sorted; average fps), from the
@@ -231,6 +363,49 @@ class PyAVDecoder:
                 continue
             out.append(_pick(np.array([idx]), self._scan(path, idx, idx + 1, ts, num_threads))[0])
         return np.stack(out)
+
+
+    def scan_keep(self, path: str, lo: int, hi: int, wanted: np.ndarray, size: tuple[int, int],
+                  detect: Detect, small: tuple[int, int], timestamps: np.ndarray, *,
+                  resize: bool = True, num_threads: int = 1, batch_frames: int = 32
+                  ) -> np.ndarray:
+        """`Decoder.scan_keep` with threaded PyAV (thread_type AUTO), every decoded frame
+        matched to `timestamps` by its presentation time: any disagreement (a frame the index
+        does not know, a gap, a repeat, a decode error, an early end) raises IndexMismatch."""
+        import av  # noqa: PLC0415
+        from av.video.reformatter import VideoReformatter  # noqa: PLC0415
+
+        width, height = size
+        ts = np.asarray(timestamps, np.float64)
+        gap = float(np.median(np.diff(ts))) if ts.size > 1 else 1.0
+        out = np.empty((len(wanted), height, width, 3), np.uint8)
+        small_rf, big_rf = VideoReformatter(), VideoReformatter()
+        expected, kept = lo, 0
+        try:
+            with av.open(path) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                stream.thread_count = num_threads
+                tb = float(stream.time_base)
+                if lo > 0:
+                    container.seek(int(round(ts[lo] / tb)), stream=stream, backward=True,
+                                   any_frame=False)
+                for idx, frame in indexed_frames(container.decode(stream), ts, lo, tb, gap,
+                                                 IndexMismatch):
+                    detect(idx, small_rf.reformat(frame, small[0], small[1], "bgr24",
+                                                  interpolation="FAST_BILINEAR").to_ndarray())
+                    while kept < len(wanted) and wanted[kept] == idx:
+                        out[kept] = big_rf.reformat(frame, width, height, "rgb24",
+                                                    interpolation="BICUBIC").to_ndarray()
+                        kept += 1
+                    expected += 1
+                    if expected >= hi:
+                        break
+        except av.error.FFmpegError as err:
+            raise IndexMismatch(f"PyAV failed near frame {expected}: {err}") from None
+        if expected < hi or kept < len(wanted):
+            raise IndexMismatch(f"the stream ended at frame {expected}, the index has {hi}")
+        return out
 
 
 DECODERS: dict[str, type] = {"decord": DecordDecoder, "pyav": PyAVDecoder}
