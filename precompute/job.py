@@ -39,6 +39,7 @@ from videocfr.cache_format import QuestionRecord, ShardWriter, VideoRecord, fina
 from videocfr.cache_format.io import StorageError, free_bytes, sha256_file
 from videocfr.cache_format.markers import job_state
 from videocfr.cache_format.schema import SHARD_DIR
+from videocfr.vlm.decoders import get_decoder
 
 from .config import PrecomputeConfig
 from .datasets import Dataset, VideoItem
@@ -65,10 +66,10 @@ def assign_jobs(video_ids: list[str], num_jobs: int) -> list[list[str]]:
 
 
 def library_versions(decoder: str = "decord") -> dict[str, str]:
-    """Versions of the libraries that shape the records (recorded in the cache); PyAV's only
-    when it scans (sampling.decoder: pyav)."""
+    """Versions of the libraries that shape the records (recorded in the cache); a scanning
+    backend's own (its `libraries`: PyAV's when sampling.decoder is pyav) beside decord's."""
     out = {}
-    versioned = {**VERSIONED, "av": "av"} if decoder == "pyav" else VERSIONED
+    versioned = {**VERSIONED, **get_decoder(decoder).libraries}
     for key, dist in versioned.items():
         try:
             out[key] = metadata.version(dist)

@@ -62,6 +62,7 @@ class Decoder(Protocol):
 
     name: str
     title: str  # the library's own spelling, for messages
+    libraries: dict[str, str]  # import name -> distribution, versions a cache records
     # scan_keep hands `detect` RGB frames at the decode size (True) or BGR frames at `small`
     detector_rgb: bool
 
@@ -186,6 +187,7 @@ class DecordDecoder:
 
     name = "decord"
     title = "decord"
+    libraries = {"decord": "decord"}
     detector_rgb = True  # decord converts every frame to RGB at the decode size anyway
 
     def _open(self, path: Path, num_threads: int):
@@ -297,6 +299,7 @@ class PyAVDecoder:
 
     name = "pyav"
     title = "PyAV"
+    libraries = {"av": "av"}
     # scan_keep converts each frame once, straight to the detector's small BGR size (swscale,
     # fast bilinear), and only the kept frames to the decode size in RGB (bicubic)
     detector_rgb = False
