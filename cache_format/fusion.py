@@ -115,7 +115,8 @@ class PriorSource:
 
 def _check_uniform(q: Inputs, scene_rep: np.ndarray) -> str | None:
     if not np.all(q["uniform"] == 1):
-        return "salience uniform is not 1 everywhere: the saliences are missing or not this format's"
+        return ("salience uniform is not 1 everywhere: the saliences are missing or not this "
+                "format's")
     return None
 
 

@@ -2,7 +2,8 @@
 
 Top: a thumbnail strip of the K candidates, decoded at their cached frame indices (every few
 candidates when K is large). Below, against time: the scene cuts, the stored saliences
-(cache_format.fusion.SALIENCES: uniform, scene, semantic) and the consensus prior of one question (the video's first by default).
+(cache_format.fusion.SALIENCES: uniform, scene, semantic) and the consensus prior of one question
+(the video's first by default).
 """
 
 from __future__ import annotations

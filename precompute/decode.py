@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from videocfr.vlm.decoders import DECODERS as DECODER_BACKENDS
-from videocfr.vlm.decoders import Decoder, DecodeError, IndexMismatch, get_decoder
+from videocfr.vlm.decoders import DecodeError, Decoder, IndexMismatch, get_decoder
 
 from .scenes import SceneConfig, SceneTracker, cuts_to_scenes
 
@@ -81,10 +81,10 @@ class SamplingConfig:
             both sides even (CLIP resizes to 224 anyway; never upscaled). None decodes at the
             file's own size.
         decoder: library of the sequential scan: "decord" (default) or "pyav" (threaded PyAV,
-            vlm.decoders.PyAVDecoder.scan_keep: faster on 720p H.264, same frames and cuts, the sampled
-            frames' pixels differ from decord's by a few grey levels). The file is indexed by
-            decord either way; train/eval read frames with the backend the cache records
-            (vlm.decoders.cache_decoder).
+            vlm.decoders.PyAVDecoder.scan_keep: faster on 720p H.264, same frames and cuts, the
+            sampled frames' pixels differ from decord's by a few grey levels). The file is
+            indexed by decord either way; train/eval read frames with the backend the cache
+            records (vlm.decoders.cache_decoder).
     """
 
     num_frames: int = 32

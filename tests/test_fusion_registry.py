@@ -93,7 +93,8 @@ TOY_SCRIPT = textwrap.dedent("""
     video = make_video("vid000", k=8, dim=16)
     k, rep = video.num_sampled, video.scene_rep
     raw = np.linspace(-0.2, 0.4, k)[::-1].astype(np.float32)
-    inputs = {"uniform": np.ones(k, np.float32), "scene": np.where(rep, 1.0, 0.5).astype(np.float32),
+    inputs = {"uniform": np.ones(k, np.float32),
+              "scene": np.where(rep, 1.0, 0.5).astype(np.float32),
               "semantic": ((raw - raw.min()) / (raw.max() - raw.min())).astype(np.float32),
               "semantic_raw": raw, "toy": toy_salience(k)}
     cfg = FusionConfig()

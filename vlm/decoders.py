@@ -19,13 +19,12 @@ methods and one entry of `DECODERS`.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-
-import queue
-import threading
 
 import numpy as np
 
