@@ -241,5 +241,6 @@ class Cache:
         return f["qframes/prior"][a:b]
 
     def saliences(self, video_id: str, question_id: str) -> dict[str, np.ndarray]:
-        """{name: float32 [K]} of the stored sources (fusion.SALIENCES: uniform, scene, semantic)."""
+        """{name: float32 [K]} of the stored sources (fusion.SALIENCES: uniform, scene,
+        semantic)."""
         return self.question(video_id, question_id).saliences()
