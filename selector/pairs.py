@@ -214,7 +214,7 @@ def evaluate_pairs(cache_dir: str | Path, kinds: dict[tuple[str, str], np.ndarra
         from .select import RefocusStrategy  # noqa: PLC0415
 
         policy, state = load_policy(checkpoint)
-        picks = RefocusStrategy(policy, source=state["path"]).choose(samples, n)
+        picks = RefocusStrategy(policy, source=state["path"], state=state).choose(samples, n)
         out["learned"] = float(np.mean([pair_solved(t, p) for t, p in zip(truth, picks)]))
         first = first_step_topn(policy, samples, n)
         out["unconditioned"] = float(np.mean([pair_solved(t, p) for t, p in zip(truth, first)]))
