@@ -1,4 +1,4 @@
-"""The selector on the complementary-pair task (selector/pairs.py), against zero-parameter baselines.
+"""The selector on the complementary-pair task (selector/pairs.py) beside zero-parameter baselines.
 
 Per seed: a training cache of 256 pair videos (K in 12..20), the selector trainer
 (`selector.trainer.train`, reward `PairReward`, n = 2, 16 questions x 8 subsets per step), then

@@ -1,10 +1,10 @@
 """A synthetic task where the selector's autoregressive conditioning matters: complementary pairs.
 
-Each video has K candidates (K even, random in [k_low, k_high]: the cache's rule) and one question with a random unit
-text embedding q. Some candidates are of kind A, some of kind B, the rest distractors; the counts
-(each in [2, 4]) and the positions of every kind are random per video, so no position or count
-can be memorised. The reward is 1 when the chosen subset holds at least one A frame *and* at
-least one B frame, else 0: the answer needs both halves.
+Each video has K candidates (K even, as caches require, random in [k_low, k_high]) and one
+question with a random unit text embedding q. Some candidates are of kind A, some of kind B,
+the rest distractors; the counts (each in [2, 4]) and the positions of every kind are random per
+video, so no position or count can be memorised. The reward is 1 when the chosen subset holds
+at least one A frame *and* at least one B frame, else 0: the answer needs both halves.
 
 - A frames: unit(q + 0.5 · noise): close to the question (cosine about 0.9).
 - B frames: unit(0.5 · q + w + 0.5 · noise), w a random unit direction of the video orthogonal
