@@ -166,7 +166,8 @@ def pair_config(cache_dir: str | Path, output_dir: str | Path, *, steps: int, n:
     """The selector trainer's config for the pair task (the reward is passed to `train`).
 
     The policy is the learning test's small one (1 layer, d_model 32, 2 heads); no Var(m)
-    filter (no margins); one budget n for the whole run; checkpoint at the end only.
+    filter (no margins); one budget n for the whole run; checkpoint at the end only. The
+    reward section is the default one and unused: pass `PairReward` to `train` as its reward.
     """
     from .config import (  # noqa: PLC0415
         SelectorDataConfig,
