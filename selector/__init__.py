@@ -9,4 +9,6 @@
 - `margins`: `videocfr precompute margins` (the data filter's addition).
 - `select`: the `refocus` evaluate strategy and `videocfr select`.
 - `synthetic`: needle data for tests, the learning curve and the benchmark.
+- `pairs`: the complementary-pair task (one A and one B frame needed: the picks must condition
+  on each other), written as caches for the trainer, with its reward and baselines.
 """

@@ -2,9 +2,11 @@
 
 Files: `policy.safetensors` (weights), `optimizer.pt` and `rng.pt` (pickles this trainer writes
 for itself, loaded only by `--resume`), and `state.json` written last (step, architecture name,
-policy config, train config, the cache's config hash). Loading a policy for inference reads only
-state.json and the safetensors file, and refuses a checkpoint of another architecture or of
-other shapes with a message saying what it found.
+policy config, train config, the cache's config hash and its embedding model). Loading a policy
+for inference reads only state.json and the safetensors file, and refuses a checkpoint of another
+architecture or of other shapes with a message saying what it found; `check_embedding_model`
+refuses to run a checkpoint on a cache whose embeddings come from another CLIP model than the
+training cache's, naming both.
 """
 
 from __future__ import annotations
@@ -27,14 +29,55 @@ from .policy import ARCHITECTURE, FrameSelector, PolicyConfig
 
 log = logging.getLogger(__name__)
 WEIGHTS = "policy.safetensors"
-__all__ = ["STATE", "WEIGHTS", "latest_checkpoint", "load_policy", "read_state", "restore",
-           "save_checkpoint"]
+__all__ = ["STATE", "WEIGHTS", "check_embedding_model", "embedding_model_of", "latest_checkpoint",
+           "load_policy", "read_state", "restore", "save_checkpoint"]
+
+
+def embedding_model_of(manifest: dict) -> dict:
+    """A cache's embedding model as checkpoints record it: {"name", "pretrained", "embed_dim"}."""
+    model = manifest["model"]
+    return {"name": str(model["name"]), "pretrained": str(model["pretrained"]),
+            "embed_dim": int(manifest["embed_dim"])}
+
+
+def check_embedding_model(state: dict, cache_dir, model: dict | None = None) -> None:
+    """Refuse a checkpoint trained on embeddings of another model than this cache's.
+
+    Args:
+        state: the checkpoint's state.json (`read_state`); one written before the embedding
+            model was recorded is not checked (the embedding size still is, at selection).
+        cache_dir: the cache the checkpoint is about to read.
+        model: that cache's `embedding_model_of` (read from cache_dir when None).
+
+    Raises:
+        ValueError naming both models and both places.
+    """
+    trained = state.get("embedding_model")
+    if not isinstance(trained, dict):
+        return
+    if model is None:
+        from videocfr.cache_format.manifest import load_manifest  # noqa: PLC0415
+
+        model = embedding_model_of(load_manifest(cache_dir))
+    if {k: trained.get(k) for k in model} != model:
+        raise ValueError(f"selector checkpoint {state.get('path', '')} was trained on "
+                         f"embeddings of {_model_text(trained)}, but cache {cache_dir} holds "
+                         f"embeddings of {_model_text(model)}; use a selector trained on a "
+                         f"cache of that model, or precompute the cache with the checkpoint's")
+
+
+def _model_text(model: dict) -> str:
+    return f"{model.get('name')!r} ({model.get('pretrained')}, D = {model.get('embed_dim')})"
 
 
 def save_checkpoint(run_dir: str | Path, step: int, policy: FrameSelector, optimizer,
                     generator: torch.Generator, config: dict, cache_hash: str,
-                    keep: int = 0) -> Path:
-    """Write a checkpoint after `step` steps; state.json last. Returns its directory."""
+                    keep: int = 0, embedding_model: dict | None = None) -> Path:
+    """Write a checkpoint after `step` steps; state.json last. Returns its directory.
+
+    `embedding_model` is the training cache's (`embedding_model_of`), recorded for
+    `check_embedding_model`.
+    """
     from safetensors.torch import save_model  # noqa: PLC0415
 
     path = checkpoint_dir(run_dir, step)
@@ -44,7 +87,7 @@ def save_checkpoint(run_dir: str | Path, step: int, policy: FrameSelector, optim
     torch.save({**rng_state(), "rollout": generator.get_state()}, path / "rng.pt")
     commit_state(path, {"step": step, "architecture": ARCHITECTURE,
                         "policy": policy.config.to_dict(), "cache_config_hash": cache_hash,
-                        "config": config}, keep=keep)
+                        "embedding_model": embedding_model, "config": config}, keep=keep)
     log.info("checkpoint saved: %s", path)
     return path
 

@@ -87,6 +87,10 @@ class SelectorRewardConfig:
         if self.batch_size < 1 or self.margin_scale <= 0:
             raise ValueError("reward.batch_size must be >= 1 and reward.margin_scale > 0")
 
+    def vlm_spec(self) -> str | None:
+        """The VLM training names: "tiny" (reward.tiny), reward.model_path, or None."""
+        return "tiny" if self.tiny else self.model_path
+
 
 @dataclass
 class SelectorGRPOConfig:

@@ -94,23 +94,30 @@ def read_needles(path: str | Path) -> dict[tuple[str, str], tuple[int, int]]:
     return out
 
 
-def load_samples(config: SelectorDataConfig, needles_only: bool = False
-                 ) -> tuple[list[SelectorSample], dict[str, int]]:
+def load_samples(config: SelectorDataConfig, needles_only: bool = False,
+                 vlm: str | None = None) -> tuple[list[SelectorSample], dict[str, int]]:
     """Read the training questions.
 
     Args:
         config: the data section.
         needles_only: keep only questions with annotated needle frames (the needle reward);
             the others are counted as `no_needle`.
+        vlm: the training's reward VLM (`margins.vlm_identity`): with the filter on, a margins
+            addition computed with another VLM is refused (None: not checked).
 
     Returns:
         (samples, counts): counts has `questions` (kept), `failed_videos` (questions skipped by
         precompute because their video failed), `low_margin_var`, `no_margins`, `with_needle`.
 
     Raises:
-        CacheError: the filter is on and the cache has no margins addition.
+        CacheError: the filter is on and the cache has no margins addition, or one computed
+            with another VLM or on another cache.
     """
-    from .margins import load_margins  # noqa: PLC0415
+    from videocfr.cache_format.additions import load_addition  # noqa: PLC0415
+
+    from .margins import NAME as MARGINS  # noqa: PLC0415
+    from .margins import VERSION as MARGINS_VERSION  # noqa: PLC0415
+    from .margins import check_source, read_margins  # noqa: PLC0415
 
     cache = Cache(config.cache_dir)
     counts = {"questions": 0, "failed_videos": int(cache.manifest["counts"].get(
@@ -119,12 +126,14 @@ def load_samples(config: SelectorDataConfig, needles_only: bool = False
     margins = None
     if config.min_margin_var is not None:
         try:
-            margins = load_margins(config.cache_dir)
+            addition = load_addition(config.cache_dir, MARGINS, MARGINS_VERSION)
         except CacheError as err:
             raise CacheError(f"data.min_margin_var={config.min_margin_var} filters questions by "
                              f"their margins, but {err}. Run `videocfr precompute margins "
                              f"--cache {config.cache_dir} ...` first, or set "
                              f"data.min_margin_var: null to train on every question") from None
+        check_source(config.cache_dir, addition.meta, vlm)
+        margins = read_margins(addition)
     needles = read_needles(config.annotation) if config.annotation else {}
     samples: list[SelectorSample] = []
     videos: dict[str, VideoRecord] = {}

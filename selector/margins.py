@@ -7,7 +7,10 @@ questions with Var(m) < 0.21 (their answer does not depend on which frames are s
 Shard-parallel like precompute: job i of N takes questions i, i+N, i+2N, ... (in the cache's key
 order) and writes `additions/.margins-parts/part-{i:05d}-of-{N:05d}.h5` atomically; whenever all
 N parts exist (the last job, or `--finalize`) they become the addition, checksummed by
-`cache_format.additions` (so `videocfr cache verify` checks them).
+`cache_format.additions` (so `videocfr cache verify` checks them). The addition's meta records
+the VLM (`vlm`: `vlm_identity`) and the cache (`cache`: `cache_identity`) the margins were
+computed with; training refuses an addition of another VLM than its reward's, or one copied from
+another cache (`check_source`), naming both.
 
 Part file schema (version 1), read back as hostile input (`read_part`): root attributes
 `format` = "videocfr-margins", `version` = 1, `num_subsets` M, `subset_size` n, `seed`; datasets,
@@ -26,6 +29,7 @@ all hard links to plain datasets, nothing else:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -128,13 +132,82 @@ def read_part(path: Path) -> tuple[dict, dict[tuple[str, str], np.ndarray], int]
     return attrs, out, int((~ok).sum())
 
 
-def load_margins(cache_dir: str | Path) -> dict[tuple[str, str], np.ndarray]:
-    """(video_id, question_id) -> float32 [M] margins of every ok question of the addition.
+def vlm_identity(spec: str) -> str:
+    """The reward VLM's identity as margins record it and training compares it.
+
+    `tiny` and `tiny:<family>` name a family's tiny random model (`tiny` is Qwen2.5-VL's); a
+    local checkpoint directory is its resolved absolute path; anything else (a hub id) is kept
+    as given.
+    """
+    spec = str(spec)
+    if spec == "tiny" or spec.startswith("tiny:"):
+        return f"tiny:{spec.partition(':')[2] or 'qwen2_5_vl'}"
+    path = Path(spec)
+    return str(path.resolve()) if path.exists() else spec
+
+
+def cache_identity(cache_dir: str | Path) -> dict:
+    """What tells one cache from another: its path, config hash and a digest of its shards.
+
+    `shards_sha256` is the sha256 of the manifest's shard checksums in order: two caches of the
+    same config but other videos, questions or embeddings differ in it.
+    """
+    manifest = Cache(cache_dir).manifest
+    digest = hashlib.sha256("\n".join(s["sha256"] for s in manifest["shards"]).encode())
+    return {"path": str(Path(cache_dir).resolve()), "config_hash": manifest["config_hash"],
+            "shards_sha256": digest.hexdigest()}
+
+
+def check_source(cache_dir: str | Path, meta: dict, vlm: str | None) -> None:
+    """Refuse margins computed with another VLM than `vlm`, or on another cache than this one.
+
+    Args:
+        cache_dir: the cache training names (the addition is read from it).
+        meta: the addition's `meta` (its `vlm` and `cache`, recorded by `videocfr precompute
+            margins`; an addition written before they were recorded is not checked for them).
+        vlm: the training's reward VLM (`vlm_identity`), or None when training names none.
 
     Raises:
-        CacheError: no (or an altered) `margins` addition; SchemaError: a malformed part.
+        CacheError naming both VLMs or both caches.
+    """
+    recorded = meta.get("vlm")
+    if vlm is not None and isinstance(recorded, str) and recorded != vlm:
+        raise CacheError(f"the margins addition of {cache_dir} was computed with the VLM "
+                         f"{recorded!r}, but training names the VLM {vlm!r} (reward.model_path "
+                         f"or reward.tiny); rerun `videocfr precompute margins --cache "
+                         f"{cache_dir} --model ...` with training's VLM, or train with the one "
+                         f"the margins were computed with")
+    source = meta.get("cache")
+    if isinstance(source, dict) and "shards_sha256" in source:
+        mine = cache_identity(cache_dir)
+        if source["shards_sha256"] != mine["shards_sha256"]:
+            raise CacheError(f"the margins addition in {cache_dir} was computed on the cache "
+                             f"{source.get('path')!r} (shards sha256 "
+                             f"{str(source['shards_sha256'])[:16]}...), not on the cache "
+                             f"training names, {mine['path']!r} (shards sha256 "
+                             f"{mine['shards_sha256'][:16]}...); rerun `videocfr precompute "
+                             f"margins --cache {cache_dir} ...` on it")
+
+
+def load_margins(cache_dir: str | Path, vlm: str | None = None
+                 ) -> dict[tuple[str, str], np.ndarray]:
+    """(video_id, question_id) -> float32 [M] margins of every ok question of the addition.
+
+    Args:
+        cache_dir: the cache.
+        vlm: the VLM the margins must have been computed with (`vlm_identity`; None: any).
+
+    Raises:
+        CacheError: no (or an altered) `margins` addition, or one computed with another VLM or
+            on another cache (`check_source`); SchemaError: a malformed part.
     """
     addition = load_addition(cache_dir, NAME, VERSION)
+    check_source(cache_dir, addition.meta, vlm)
+    return read_margins(addition)
+
+
+def read_margins(addition) -> dict[tuple[str, str], np.ndarray]:
+    """The margins of a loaded, checked `margins` addition (`cache_format.additions.Addition`)."""
     out: dict[tuple[str, str], np.ndarray] = {}
     for file in sorted(addition.files):
         _, part, _ = read_part(addition.path(file))
@@ -216,6 +289,7 @@ def finalize(cache_dir: str | Path, num_shards: int, meta: dict) -> Path | None:
     if len(attrs) != 1:
         raise CacheError(f"margins parts in {parts} were made with different settings {attrs}; "
                          f"delete {parts} and rerun every shard")
+    meta = {"cache": cache_identity(cache_dir), **meta}  # the cache the parts were computed on
     with write_addition(cache_dir, NAME, VERSION, {**meta, **json.loads(attrs.pop()),
                                                    "num_shards": num_shards}) as stage:
         for p in names:
@@ -256,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.num_subsets < 2 or args.subset_size < 1:
             raise ValueError("--num-subsets must be >= 2 (a variance) and --subset-size >= 1")
         tiny = "tiny" if args.tiny_family == "qwen2_5_vl" else f"tiny:{args.tiny_family}"
-        meta = {"model": args.model or tiny, "batch_size": args.batch_size}
+        meta = {"model": args.model or tiny, "vlm": vlm_identity(args.model or tiny),
+                "batch_size": args.batch_size}
         if not args.finalize:
             reward = _reward(args)
             for i in [index] if index is not None else range(num):

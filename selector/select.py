@@ -34,7 +34,7 @@ from tqdm import tqdm
 from videocfr.cache_format import Cache, CacheError, QuestionRecord, VideoRecord
 from videocfr.cache_format.keys import video_r1_key
 
-from .checkpoint import load_policy
+from .checkpoint import check_embedding_model, embedding_model_of, load_policy
 from .data import SelectorSample, make_batch, relative_times
 from .policy import FrameSelector
 from .select_file import selectable
@@ -50,13 +50,21 @@ class RefocusStrategy:
         policy: the loaded FrameSelector.
         greedy: argmax at every step (deterministic); False samples, seeded from `rng`.
         source: where the policy came from (for messages).
+        state: the checkpoint's state.json (its `embedding_model`, for `check_cache`).
     """
 
-    def __init__(self, policy: FrameSelector, greedy: bool = True, source: str = ""):
+    def __init__(self, policy: FrameSelector, greedy: bool = True, source: str = "",
+                 state: dict | None = None):
         self.policy = policy
         self.greedy = greedy
         self.source = source
+        self.state = state or {}
         self.__name__ = "refocus"
+
+    def check_cache(self, cache: Cache) -> None:
+        """Refuse a cache whose embedding model is not the one the checkpoint was trained on."""
+        check_embedding_model({"path": self.source, **self.state}, cache.path,
+                              embedding_model_of(cache.manifest))
 
     def choose(self, samples: list[SelectorSample], n: int, rng: np.random.Generator | None
                = None) -> np.ndarray:
@@ -98,7 +106,7 @@ def load_refocus_strategy(checkpoint: str | Path, name: str = "refocus", greedy:
     from videocfr.evaluate import strategies  # noqa: PLC0415
 
     policy, state = load_policy(checkpoint, device=device)
-    strategy = RefocusStrategy(policy, greedy=greedy, source=state["path"])
+    strategy = RefocusStrategy(policy, greedy=greedy, source=state["path"], state=state)
     if isinstance(strategies.STRATEGIES.get(name), RefocusStrategy):
         del strategies.STRATEGIES[name]
     strategies.register(name)(strategy)
@@ -113,9 +121,15 @@ def add_refocus_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_refocus_argument(args: argparse.Namespace) -> RefocusStrategy | None:
-    """Register `refocus` when `--refocus-checkpoint` was given."""
+    """Register `refocus` when `--refocus-checkpoint` was given (checked against `args.cache`,
+    when the CLI has one: a checkpoint of another embedding model is refused)."""
     ckpt = getattr(args, "refocus_checkpoint", None)
-    return load_refocus_strategy(ckpt) if ckpt else None
+    if not ckpt:
+        return None
+    strategy = load_refocus_strategy(ckpt)
+    if isinstance(getattr(args, "cache", None), str):
+        strategy.check_cache(Cache(args.cache))
+    return strategy
 
 
 def select_all(cache: Cache, strategy: RefocusStrategy, n: int, batch_size: int = 64,
@@ -124,7 +138,11 @@ def select_all(cache: Cache, strategy: RefocusStrategy, n: int, batch_size: int 
 
     Returns:
         ({(video_id, question_id): int64 [n]}, counts {selected, k_lt_n, failed_videos}).
+
+    Raises:
+        ValueError: the checkpoint was trained on another embedding model than the cache's.
     """
+    strategy.check_cache(cache)
     rng = np.random.default_rng(seed)
     counts = {"selected": 0, "k_lt_n": 0,
               "failed_videos": int(cache.manifest["counts"].get("skipped_questions", 0))}

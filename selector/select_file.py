@@ -83,7 +83,7 @@ def choose(args: argparse.Namespace, cache: Cache) -> tuple[dict, dict, dict]:
         chosen, counts = strategy_selections(cache, args.strategy, args.n, args.seed)
         return chosen, counts, {"kind": "registry", "spec": args.strategy, "seed": args.seed}
     policy, state = load_policy(args.checkpoint, device=args.device)
-    strategy = RefocusStrategy(policy, greedy=not args.sample, source=state["path"])
+    strategy = RefocusStrategy(policy, greedy=not args.sample, source=state["path"], state=state)
     chosen, counts = select_all(cache, strategy, args.n, seed=args.seed)
     return chosen, counts, {
         "kind": "selector", "spec": "refocus", "checkpoint": str(state["path"]),

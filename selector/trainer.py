@@ -20,10 +20,18 @@ import torch
 from tqdm import tqdm
 from videocfr.train.metrics import MetricsWriter
 
-from .checkpoint import latest_checkpoint, restore, save_checkpoint
+from .checkpoint import (
+    check_embedding_model,
+    embedding_model_of,
+    latest_checkpoint,
+    read_state,
+    restore,
+    save_checkpoint,
+)
 from .config import SelectorTrainConfig
 from .data import SelectorSample, load_samples, make_batch, step_questions
 from .grpo import curriculum_budget, grpo_step
+from .margins import vlm_identity
 from .policy import FrameSelector
 from .rewards import CandidateFrames, MarginReward, NeedleReward, frozen_scorer_class, needle_hits
 
@@ -112,9 +120,11 @@ def train(cfg: SelectorTrainConfig, resume: bool = False, reward: Reward | None 
     np.random.seed(cfg.run.seed)
     device = _device(cfg.run.device)
 
-    samples, counts = load_samples(cfg.data, needles_only=cfg.reward.kind == "needle")
+    spec = cfg.reward.vlm_spec()
+    samples, counts = load_samples(cfg.data, needles_only=cfg.reward.kind == "needle",
+                                   vlm=None if spec is None else vlm_identity(spec))
     _check_budgets(cfg, samples)
-    cache_hash = _cache_hash(cfg)
+    cache_hash, embedding_model = _cache_identity(cfg)
     embed_dim = int(samples[0].video.embeddings.shape[1])
     policy = FrameSelector(cfg.policy_config(embed_dim)).to(device)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.grpo.learning_rate,
@@ -127,6 +137,7 @@ def train(cfg: SelectorTrainConfig, resume: bool = False, reward: Reward | None 
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
             raise FileNotFoundError(f"--resume: {run_dir} has no complete checkpoint")
+        check_embedding_model(read_state(ckpt), cfg.data.cache_dir, embedding_model)
         start = restore(ckpt, policy, optimizer, generator)
         log.info("resumed from %s (step %d)", ckpt, start)
     writer = MetricsWriter(run_dir, tensorboard=cfg.run.tensorboard)
@@ -158,18 +169,22 @@ def train(cfg: SelectorTrainConfig, resume: bool = False, reward: Reward | None 
             done = step + 1
             if cfg.run.checkpoint_every and done % cfg.run.checkpoint_every == 0:
                 save_checkpoint(run_dir, done, policy, optimizer, generator, cfg.to_dict(),
-                                cache_hash, keep=cfg.run.keep_checkpoints)
+                                cache_hash, keep=cfg.run.keep_checkpoints,
+                                embedding_model=embedding_model)
         if start < cfg.run.max_steps or latest_checkpoint(run_dir) is None:
             last = latest_checkpoint(run_dir)
             if last is None or not last.name.endswith(f"{cfg.run.max_steps:06d}"):
                 save_checkpoint(run_dir, cfg.run.max_steps, policy, optimizer, generator,
-                                cfg.to_dict(), cache_hash, keep=cfg.run.keep_checkpoints)
+                                cfg.to_dict(), cache_hash, keep=cfg.run.keep_checkpoints,
+                                embedding_model=embedding_model)
     finally:
         writer.close()
     return run_dir
 
 
-def _cache_hash(cfg: SelectorTrainConfig) -> str:
+def _cache_identity(cfg: SelectorTrainConfig) -> tuple[str, dict]:
+    """The training cache's config hash and embedding model (recorded in every checkpoint)."""
     from videocfr.cache_format import Cache  # noqa: PLC0415
 
-    return Cache(cfg.data.cache_dir).config_hash
+    cache = Cache(cfg.data.cache_dir)
+    return cache.config_hash, embedding_model_of(cache.manifest)
