@@ -11,7 +11,8 @@ runs the check on /proc/self/fd/<fd>:
 
 - level "read": the structural check (structure.check_shard), then every dataset read whole, in
   row blocks (strings decoded as UTF-8), so that every byte a reader may later parse in its own
-  process has been parsed here first, then how the tables fit together
+  process has been parsed here first, the values hashed and compared with the shard's
+  `values_sha256` (version 2, cache_format/digest.py), then how the tables fit together
   (verify.check_shard_tables: offsets, K, row pointers; not the float values);
 - level "values": the above plus verify's value checks (verify.check_shard_values).
 
@@ -28,9 +29,6 @@ import os
 import resource
 import sys
 
-BLOCK_BYTES = 32 << 20  # rows read per block: bounds the child's memory on large shards
-
-
 def _limit_memory(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if limit > 0:
@@ -43,43 +41,57 @@ def _limit_memory(limit: int) -> None:
 NONZERO_ROWS = ("frames/embedding", "questions/text_embedding")  # no image or text embeds to 0
 
 
-def _read_blocks(ds, name: str = "") -> None:
-    """Read one dataset whole, in row blocks of <= BLOCK_BYTES (strings decoded as UTF-8).
-
-    Rows of NONZERO_ROWS must not be all zeros: a chunk zeroed together with its fletcher32
-    checksum (the checksum of zeros is 0) would otherwise read as zero embeddings.
-    """
-    import h5py
+def _check_block(name: str, start: int, block, is_str: bool) -> None:
+    """Strings must decode as UTF-8; rows of NONZERO_ROWS must not be all zeros (a chunk zeroed
+    together with its fletcher32 checksum, the checksum of zeros being 0, would otherwise read
+    as zero embeddings in a version-1 shard)."""
     import numpy as np
 
-    is_str = h5py.check_string_dtype(ds.dtype) is not None
-    row = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * (16 if is_str
-                                                              else ds.dtype.itemsize))
-    step = max(1, BLOCK_BYTES // row)
-    view = ds.asstr() if is_str else ds
-    for start in range(0, ds.shape[0], step):
-        block = view[start:start + step]
-        if name in NONZERO_ROWS and block.size:
-            zero = np.flatnonzero(~block.reshape(block.shape[0], -1).any(axis=1))
-            if zero.size:
-                from videocfr.cache_format.schema import SchemaError
+    from videocfr.cache_format.schema import SchemaError
 
-                raise SchemaError(f"{name}[{start + int(zero[0])}] is all zeros: no frame or "
-                                  f"text embeds to the zero vector (the data is corrupted)")
+    if is_str:
+        for i, item in enumerate(block.ravel().tolist()):
+            try:
+                item.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise SchemaError(f"{name}[{start + i}] is not UTF-8 ({err})") from None
+    elif name in NONZERO_ROWS and block.size:
+        zero = np.flatnonzero(~block.reshape(block.shape[0], -1).any(axis=1))
+        if zero.size:
+            raise SchemaError(f"{name}[{start + int(zero[0])}] is all zeros: no frame or "
+                              f"text embeds to the zero vector (the data is corrupted)")
 
 
-def read_all(f) -> None:
-    """Read every dataset of the schema (a fletcher32 failure is a named SchemaError)."""
+def read_all(f, where: str = "shard") -> None:
+    """Read every dataset of the schema, in row blocks, and check the values digest.
+
+    A fletcher32 failure is a named SchemaError; a version-2 shard whose values do not hash to
+    its `values_sha256` (cache_format/digest.py) is a StructureError of kind "checksum".
+    """
     from videocfr.cache_format import schema
+    from videocfr.cache_format.digest import DIGEST_ATTR, ValuesDigest, blocks
+    from videocfr.cache_format.structure import StructureError, shard_attrs, stored_digest
 
+    attrs = shard_attrs(f, where)
+    expected = stored_digest(f, attrs["schema_version"], where)
+    digest = ValuesDigest(attrs)
     for name in schema.SHARD_DATASETS:
+        ds = f[name]
+        is_str = ds.dtype.kind == "O"
+        digest.start(name, ds.shape)
         try:
-            _read_blocks(f[name], name)
+            for start, block in blocks(ds):
+                digest.add(block)
+                _check_block(name, start, block, is_str)
         except OSError as err:
             if "filter" in str(err):
                 raise schema.SchemaError(f"{name}: checksum (fletcher32) mismatch — the data "
                                          f"is corrupted") from err
             raise schema.SchemaError(f"{name}: unreadable ({err})") from err
+    if expected is not None and digest.hexdigest() != expected:
+        raise StructureError(where, "checksum", f"/@{DIGEST_ATTR}",
+                             "the shard's values do not hash to its values_sha256: a value "
+                             "changed after the shard was written (the data is corrupted)")
 
 
 def run(request: dict) -> dict:
@@ -101,7 +113,7 @@ def run(request: dict) -> dict:
         with f:
             rows = check_shard(f, config_hash=request["config_hash"],
                                embed_dim=request["embed_dim"], where=where)
-            read_all(f)
+            read_all(f, where)
             from videocfr.cache_format.verify import check_shard_tables, check_shard_values
 
             check = check_shard_values if request["level"] == "values" else check_shard_tables

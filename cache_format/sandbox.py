@@ -51,7 +51,7 @@ from .schema import CacheError, SchemaError
 from .storage import RemotePath
 from .structure import StructureError
 
-CHECK_VERSION = 3  # bump when a check refuses more: older passes are then ignored
+CHECK_VERSION = 4  # bump when a check refuses more: older passes are then ignored
 _PROC_FD = Path("/proc/self/fd")
 _SPOOL_BLOCK = 1 << 22
 

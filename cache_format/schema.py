@@ -1,4 +1,4 @@
-"""Schema constants of cache format v1, the config hash, and the errors readers raise.
+"""Schema constants of cache format v2, the config hash, and the errors readers raise.
 
 The layout is documented in docs/cache-format.md; this module is its single source in code.
 """
@@ -13,7 +13,10 @@ from typing import Any
 from .fusion import QFRAME_ARRAYS
 
 FORMAT_NAME = "videocfr-cache"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2: every shard carries `values_sha256`, a digest of all its values
+# Versions this reader reads. A version-1 shard has no values digest: its strings and small
+# tables carry no checksum (docs/cache-format.md, "Versioning").
+READ_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 SHARD_DIR = "shards"
 
@@ -100,9 +103,10 @@ def check_finite_config(config: Any, where: str = "config") -> None:
 
 
 def check_version(found: Any, where: str) -> None:
-    if found != SCHEMA_VERSION:
-        raise SchemaError(f"{where}: schema version {found!r} found, this reader reads version "
-                          f"{SCHEMA_VERSION}; rebuild the cache or install a matching videocfr")
+    if isinstance(found, bool) or found not in READ_VERSIONS:
+        raise SchemaError(f"{where}: schema version {found!r} found, this reader reads versions "
+                          f"{', '.join(map(str, READ_VERSIONS))}; rebuild the cache (`videocfr "
+                          f"precompute`) or install a matching videocfr")
 
 
 def check_config_hash(found: str, expected: str | None, where: str) -> None:

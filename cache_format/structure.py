@@ -17,7 +17,9 @@ refuses everything else, reading only metadata plus the small offset and row-poi
   as fill values), each with its filters applied (its checksum checked), and all the bytes of a
   contiguous one;
 - offsets start at 0, never decrease and end at their table's length; row pointers
-  (questions/video_row, aliases/video_row) point inside the videos table.
+  (questions/video_row, aliases/video_row) point inside the videos table;
+- a version-2 shard carries its values digest (`values_sha256`, cache_format/digest.py), which
+  the check child compares with the values it reads (kind "checksum").
 
 Each refusal is a `StructureError` whose `kind` names the case (docs/cache-format.md lists them)
 and whose `path` names the object. Readers never run this check on unchecked bytes in their own
@@ -33,6 +35,7 @@ import h5py
 import numpy as np
 
 from . import schema
+from .digest import DIGEST_ATTR, HEX64
 from .schema import SchemaError
 
 GROUPS = sorted({name.split("/")[0] for name in schema.SHARD_DATASETS})
@@ -46,7 +49,7 @@ VLEN_ITEM_BYTES = 16  # a variable-length string element: a global-heap referenc
 KINDS = ("missing", "extra-object", "soft-link", "external-link", "user-link", "not-a-dataset",
          "shared-object", "virtual-dataset", "external-storage", "filter", "layout", "dtype",
          "shape", "size", "chunk", "offsets", "row-pointer", "attribute", "bad-id",
-         "duplicate-key", "unstored", "hang", "crash", "memory")
+         "duplicate-key", "unstored", "checksum", "hang", "crash", "memory")
 
 _LINK_KINDS = {h5py.h5l.TYPE_SOFT: "soft-link", h5py.h5l.TYPE_EXTERNAL: "external-link"}
 
@@ -167,13 +170,47 @@ def _attr_int(f: h5py.File, key: str, where: str) -> int:
     return int(value)
 
 
-def _attrs(f: h5py.File, config_hash: str | None, embed_dim: int | None, where: str) -> int:
+_STR_ATTRS = ("format", "config_hash")
+
+
+def shard_attrs(f: h5py.File, where: str) -> dict[str, str | int]:
+    """The shard attributes schema.SHARD_ATTRS, typed (str or int), as the values digest sees
+    them. Raises StructureError (kind "attribute") for one missing or mistyped."""
     for key in schema.SHARD_ATTRS:
         if key not in f.attrs:
             raise StructureError(where, "attribute", f"/@{key}", "attribute is missing")
+    return {key: _attr_str(f, key, where) if key in _STR_ATTRS else _attr_int(f, key, where)
+            for key in schema.SHARD_ATTRS}
+
+
+def stored_digest(f: h5py.File, version: int, where: str) -> str | None:
+    """The shard's `values_sha256` (version >= 2; None for a version-1 shard, which has none).
+
+    A version-2 shard without one, or a version-1 shard with one (its version number was
+    changed), is refused: the digest is never silently skipped."""
+    has = DIGEST_ATTR in f.attrs
+    if version < 2:
+        if has:
+            raise StructureError(where, "attribute", f"/@{DIGEST_ATTR}",
+                                 f"a version-{version} shard has no {DIGEST_ATTR}; its "
+                                 f"schema_version was changed")
+        return None
+    if not has:
+        raise StructureError(where, "attribute", f"/@{DIGEST_ATTR}", "attribute is missing")
+    value = _attr_str(f, DIGEST_ATTR, where)
+    if not HEX64.fullmatch(value):
+        raise StructureError(where, "attribute", f"/@{DIGEST_ATTR}",
+                             "must be 64 lowercase hex digits")
+    return value
+
+
+def _attrs(f: h5py.File, config_hash: str | None, embed_dim: int | None, where: str) -> int:
+    shard_attrs(f, where)
     if _attr_str(f, "format", where) != schema.FORMAT_NAME:
         raise StructureError(where, "attribute", "/@format", f"is not {schema.FORMAT_NAME!r}")
-    schema.check_version(_attr_int(f, "schema_version", where), where)
+    version = _attr_int(f, "schema_version", where)
+    schema.check_version(version, where)
+    stored_digest(f, version, where)
     schema.check_config_hash(_attr_str(f, "config_hash", where), config_hash, where)
     dim = _attr_int(f, "embed_dim", where)
     if embed_dim is not None and dim != embed_dim:

@@ -25,6 +25,7 @@ import numpy as np
 
 from . import schema
 from .attempts import Attempt, collect_garbage
+from .digest import DIGEST_ATTR, values_sha256
 from .fusion import QFRAME_ARRAYS
 from .io import StorageError, write_bytes_atomic, write_json_atomic
 from .markers import (  # noqa: F401  (part_name, marker_problem: re-exported)
@@ -37,6 +38,7 @@ from .markers import (  # noqa: F401  (part_name, marker_problem: re-exported)
     remember_sha256,
 )
 from .records import QuestionRecord, VideoRecord
+from .structure import shard_attrs
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +334,8 @@ def shard_image(videos: list[VideoRecord], questions: list[QuestionRecord],
     """The bytes of one shard file, built in memory (HDF5 core driver, no backing store).
 
     HDF5 never touches the disk here, so a full disk cannot leave it in a state that crashes
-    at close; the caller writes the bytes with plain file I/O.
+    at close; the caller writes the bytes with plain file I/O. The shard is read back once for
+    its values digest (root attribute `values_sha256`, cache_format/digest.py).
     """
     row_of = {v.video_id: i for i, v in enumerate(videos)}
     row_of.update({alias: row_of[vid] for alias, vid in aliases})
@@ -389,6 +392,8 @@ def shard_image(videos: list[VideoRecord], questions: list[QuestionRecord],
             group, leaf = name.split("/")
             grp = f.require_group(group)
             _put(grp, leaf, data[name], name in schema.CHECKSUMMED)
+        # the digest of the values as a reader will read them back (cache_format/digest.py)
+        f.attrs[DIGEST_ATTR] = values_sha256(f, shard_attrs(f, "the shard being written"))
         f.flush()
         return f.id.get_file_image()
 
@@ -452,8 +457,10 @@ def _manifest_from_markers(cache_dir: Path) -> dict:
                              f"finalize")
     counts = {key: sum(m["counts"][key] for m in markers) for key in first["counts"]}
     roots = {"video_root": first["video_root"]} if isinstance(first.get("video_root"), str) else {}
+    # a job committed by an older videocfr keeps its version: the manifest states the weakest
+    version = min(m.get("schema_version", schema.SCHEMA_VERSION) for m in markers)
     return {**roots,
-        "format": schema.FORMAT_NAME, "schema_version": schema.SCHEMA_VERSION,
+        "format": schema.FORMAT_NAME, "schema_version": version,
         "config": first["config"], "config_hash": first["config_hash"],
         "embed_dim": first["embed_dim"], "model": first["model"],
         "library_versions": first["library_versions"], "num_jobs": num_jobs,

@@ -84,3 +84,21 @@ def make_cache(path: str | Path, n_videos: int = 4, n_questions: int = 2, k: int
                                           "decode failed: moov atom not found"),
                        [], skipped_questions=1)
     return finalize_cache(path)
+
+
+def resign_values(shard: str | Path) -> None:
+    """Recompute a shard's `values_sha256` after an edit, as the sender of a hostile cache
+    would (the digest is no secret). A shard whose structure is refused is left as it is: the
+    structural check refuses it before any digest is compared."""
+    import h5py
+    from videocfr.cache_format.digest import DIGEST_ATTR, values_sha256
+    from videocfr.cache_format.schema import CacheError
+    from videocfr.cache_format.structure import check_shard, shard_attrs
+
+    with h5py.File(shard, "a") as f:
+        try:
+            check_shard(f, config_hash=None, embed_dim=None, where=str(shard))
+            digest = values_sha256(f, shard_attrs(f, str(shard)))
+        except (CacheError, KeyError, TypeError, ValueError, OSError):
+            return
+        f.attrs[DIGEST_ATTR] = digest

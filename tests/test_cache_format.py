@@ -128,7 +128,7 @@ def test_config_hash_and_version_mismatch_name_both(tmp_path):
     manifest = json.loads((tmp_path / "c/manifest.json").read_text())
     manifest["schema_version"] = 99
     (tmp_path / "c/manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(SchemaError, match="schema version 99 found, this reader reads version 1"):
+    with pytest.raises(SchemaError, match="schema version 99 found, this reader reads versions 1, 2"):
         Cache(tmp_path / "c")
 
 
@@ -220,7 +220,7 @@ def test_shard_file_has_documented_layout(tmp_path):
     make_cache(tmp_path / "c", n_videos=2, n_questions=1, k=4, dim=8)
     shard = next((tmp_path / "c/shards").glob("*.h5"))
     with h5py.File(shard) as f:
-        assert f.attrs["schema_version"] == 1
+        assert f.attrs["schema_version"] == 2
         assert f["frames/embedding"].dtype == np.float16 and f["frames/embedding"].fletcher32
         assert f["qframes/prior"].fletcher32 and f["qframes/prior"].dtype == np.float32
         assert list(f["videos/frame_offset"][()]) == [0, 4, 8, 8]  # the failed video: no frames

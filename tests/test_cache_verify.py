@@ -17,7 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from synthetic_cache import make_cache
+from synthetic_cache import make_cache, resign_values
 from videocfr.cache_format import (
     Cache,
     CacheError,
@@ -123,6 +123,7 @@ def _rewrite_dataset(shard: Path, name: str, data: np.ndarray) -> None:
     with h5py.File(shard, "a") as f:
         del f[name]
         f.create_dataset(name, data=data)
+    resign_values(shard)  # the values are bad as written: the value checks must see them
 
 
 @pytest.mark.parametrize("name, data, message", [
@@ -207,7 +208,7 @@ def test_writer_killed_at_random_moments_leaves_only_whole_shards(tmp_path):
 def test_write_shard_rejects_nothing_silently(tmp_path):
     # a shard with zero videos is legal and verifies (a job may get no videos)
     write_shard(tmp_path / "empty.h5", [], [], [], {
-        "format": "videocfr-cache", "schema_version": 1, "config_hash": "0" * 64,
+        "format": "videocfr-cache", "schema_version": 2, "config_hash": "0" * 64,
         "embed_dim": 4, "job_index": 0, "num_jobs": 1, "part": 0}, 4)
     assert verify_shard(tmp_path / "empty.h5") == []
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from synthetic_cache import make_cache
+from synthetic_cache import make_cache, resign_values
 from videocfr.cache_format import Cache, CacheError, PriorTable, verify_cache
 from videocfr.cache_format.cli import cache_main
 from videocfr.cache_format.io import sha256_file
@@ -30,10 +30,12 @@ def _shards(cache: Path) -> list[Path]:
 
 
 def _resign(cache: Path) -> None:
-    """Recompute the manifest's sizes and sha256s, as the sender of a hostile cache would."""
+    """Recompute the shards' values digests and the manifest's sizes and sha256s, as the sender
+    of a hostile cache would."""
     path = cache / "manifest.json"
     manifest = json.loads(path.read_text())
     for entry in manifest["shards"]:
+        resign_values(cache / entry["path"])
         entry["bytes"] = (cache / entry["path"]).stat().st_size
         entry["sha256"] = sha256_file(cache / entry["path"])
     path.write_text(json.dumps(manifest))
