@@ -81,7 +81,7 @@ TOY_SCRIPT = textwrap.dedent("""
     from videocfr.cache_format.fusion import CLI_WEIGHTS, SALIENCES, fuse_saliences
     from videocfr.cache_format.re_fuse import fusion_from_cli, re_fuse_cache
     from videocfr.cache_format.schema import SchemaError
-    from synthetic_cache import TEST_CONFIG, TEST_MODEL, make_video
+    from synthetic_cache import TEST_CONFIG, TEST_MODEL, make_video, resign_values
 
     src, out, bad = sys.argv[1:4]
     assert SALIENCES == ("uniform", "scene", "semantic", "toy"), SALIENCES
@@ -124,6 +124,7 @@ TOY_SCRIPT = textwrap.dedent("""
     shard = sorted(__import__("pathlib").Path(src, "shards").glob("*.h5"))[0]
     with h5py.File(shard, "r+") as f:
         f["qframes/toy"][...] = f["qframes/toy"][()] + 2.0
+    resign_values(shard)  # bad as written: the range checks must see it, not the digest
     problems = verify_shard(shard)
     assert any("qframes/toy leaves [0, 1]" in str(p) for p in problems), problems
     try:
