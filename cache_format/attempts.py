@@ -46,7 +46,7 @@ HEARTBEAT_S = 30.0
 STALE_ENV = "VIDEOCFR_ATTEMPT_STALE_S"
 _TOKEN = r"[0-9a-f]{12}"
 _PART_RE = re.compile(r"^(\d{5})-of-(\d{5})-\d{4}(?:-[0-9a-f]+)?\.h5$")
-_TMP_RE = re.compile(rf"^\.tmp-(?:job-)?(\d{{5}})-of-(\d{{5}})\S*\.({_TOKEN})$")
+_TMP_RE = re.compile(rf"^\.tmp-(?:job-|attempt-)?(\d{{5}})-of-(\d{{5}})\S*\.({_TOKEN})$")
 _CLAIM_RE = re.compile(rf"^\.attempt-(\d{{5}})-of-(\d{{5}})\.({_TOKEN})\.json$")
 
 

@@ -240,3 +240,19 @@ def test_faults_attempt_judged_dead_does_not_commit(tmp_path, monkeypatch):
     assert not (cache / "shards" / "job-00000-of-00001.json").exists()
     plain_rerun(cache, 0)
     assert_whole(cache)
+
+
+def test_faults_a_dead_attempts_claim_temp_is_collected(tmp_path):
+    """A process killed while it rewrote its claim leaves `.tmp-attempt-JOB.TOKEN.json.TOKEN`;
+    the next run's garbage collection removes it (and only the dead attempt's files)."""
+    from videocfr.cache_format.attempts import collect_garbage
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    dead = ".tmp-attempt-00000-of-00001.d291abc4dfd1.json.d291abc4dfd1"
+    other_job = ".tmp-attempt-00001-of-00002.0123456789ab.json.0123456789ab"
+    unrelated = "notes.txt"
+    for name in (dead, other_job, unrelated):
+        (shards / name).write_text("{")
+    assert collect_garbage(tmp_path, num_jobs=1) == 1
+    assert sorted(p.name for p in shards.iterdir()) == sorted([other_job, unrelated])
