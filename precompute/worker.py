@@ -440,7 +440,10 @@ class DecodePool:
         sup.start()
         try:
             while True:
-                kind, payload = sup.out.get()
+                try:  # bounded: a signal that another thread caught runs its handler here
+                    kind, payload = sup.out.get(timeout=_POLL_S)
+                except queue.Empty:
+                    continue
                 if kind == "item":
                     yield payload
                 elif kind == "error":

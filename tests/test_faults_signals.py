@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import subprocess
 import time
@@ -56,20 +57,46 @@ def hung_run(dataset, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     return proc, out
 
 
-@pytest.mark.parametrize("signum,to_group", [
-    pytest.param(signal.SIGTERM, False, id="sigterm-parent-only"),
-    pytest.param(signal.SIGINT, True, id="sigint-whole-group"),
+_TGKILL = {"x86_64": 234, "aarch64": 131}.get(platform.machine())
+
+
+def signal_other_thread(pid: int, signum: int) -> None:
+    """Deliver `signum` to one thread of `pid` that is not its main thread (tgkill), as the
+    kernel may do with a signal sent to the process: the main thread is not woken by it."""
+    import ctypes
+
+    deadline, idle = time.monotonic() + WAIT_S, 0
+    while idle < 20:  # the main thread asleep for 2 s: blocked on the hung decode's result
+        assert time.monotonic() < deadline, "the parent's main thread never went idle"
+        with open(f"/proc/{pid}/task/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        idle = idle + 1 if state == "S" else 0
+        time.sleep(0.1)
+    tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+    assert tids, "the parent runs no thread besides its main one"
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(_TGKILL, pid, tids[-1], signum) == 0, os.strerror(ctypes.get_errno())
+
+
+@pytest.mark.parametrize("signum,to", [
+    pytest.param(signal.SIGTERM, "parent", id="sigterm-parent-only"),
+    pytest.param(signal.SIGTERM, "thread", id="sigterm-other-thread",
+                 marks=pytest.mark.skipif(_TGKILL is None, reason="tgkill number unknown")),
+    pytest.param(signal.SIGINT, "group", id="sigint-whole-group"),
 ])
-def test_faults_signal_during_hung_decode(dataset, tmp_path, signum, to_group):
+def test_faults_signal_during_hung_decode(dataset, tmp_path, signum, to):
     """The job stops with one line and exit 128+signal, no worker traceback, no temporary file,
-    and no process left behind — even when only the parent got the signal."""
+    and no process left behind — even when only the parent got the signal, or only one of its
+    threads other than the main one (the main thread must not wait for the decode timeout)."""
     proc, out = hung_run(dataset, tmp_path)
     try:
-        if to_group:
+        if to == "group":
             os.killpg(proc.pid, signum)
+        elif to == "thread":
+            signal_other_thread(proc.pid, signum)
         else:
             proc.send_signal(signum)
-        _stdout, stderr = proc.communicate(timeout=120)
+        _stdout, stderr = proc.communicate(timeout=WAIT_S)
         left = wait_gone(proc.pid)
     finally:
         try:
@@ -79,6 +106,7 @@ def test_faults_signal_during_hung_decode(dataset, tmp_path, signum, to_group):
     assert proc.returncode == 128 + signum, stderr[-3000:]
     assert left == [], f"processes left behind: {left}"
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    assert "timed out" not in stderr, "the signal waited for the decode timeout: " + stderr[-3000:]
     stops = [line for line in stderr.splitlines() if "stopped by" in line]
     assert len(stops) == 1 and signal.Signals(signum).name in stops[0]
     assert fd.leftovers(out) == []
