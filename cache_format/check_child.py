@@ -29,6 +29,7 @@ import os
 import resource
 import sys
 
+
 def _limit_memory(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if limit > 0:
@@ -46,7 +47,6 @@ def _check_block(name: str, start: int, block, is_str: bool) -> None:
     together with its fletcher32 checksum, the checksum of zeros being 0, would otherwise read
     as zero embeddings in a version-1 shard)."""
     import numpy as np
-
     from videocfr.cache_format.schema import SchemaError
 
     if is_str:

@@ -5,9 +5,10 @@ or random weights (`pretrained="none"`, only when asked: a cache built so says "
 manifest). Frames are preprocessed the way the model's own transform does it (shortest side
 resized bicubic, centre crop, mean/std normalisation), but on tensors and batched.
 
-Patch tokens are the ViT's output tokens taken through the same `ln_post` and `proj` as the
-pooled token, so they live in the joint image-text space and can be compared with text
-embeddings by cosine (open_clip's `output_tokens` returns them before `proj`).
+Patch tokens are per-location tokens in the joint image-text space (`vlm.clip_views`): a ViT's
+output tokens through the same `ln_post` and `proj` as the pooled token, or a ModifiedResNet's
+last feature map through its attention pool's value and output projections; they can be
+compared with text embeddings by cosine.
 
 On a GPU the embeddings stay on the device (`embed_frames`, `embed_texts_device`): frames of
 many videos go through one large forward (pinned host memory, non-blocking copy), the semantic
@@ -26,6 +27,7 @@ import os
 from typing import Any
 
 import numpy as np
+from videocfr.vlm import clip_views
 
 logger = logging.getLogger(__name__)
 
@@ -232,12 +234,7 @@ class ClipEmbedder:
         self.batch_size = batch_size  # lowered for good when a batch runs out of memory
         self.tokenizer = open_clip.get_tokenizer(name)
         visual = self.model.visual
-        if not isinstance(visual, open_clip.transformer.VisionTransformer):
-            raise ValueError(f"{name}: patch tokens need an open_clip VisionTransformer image "
-                             f"tower, got {type(visual).__name__}; pick a ViT model (ViT-B-32...)")
-        if visual.attn_pool is not None:
-            raise ValueError(f"{name}: attentional pooling has no per-patch tokens; pick a ViT "
-                             f"model without attn pooling")
+        clip_views.check_tower(visual, name)
         cfg = open_clip.get_model_preprocess_cfg(self.model)
         size = cfg.get("size", visual.image_size)
         self.image_size = (size, size) if isinstance(size, int) else tuple(size)
@@ -290,34 +287,14 @@ class ClipEmbedder:
         return ((x - self._mean) / self._std).to(self.dtype)
 
     def _project(self, tokens):
-        """ln_post (where the pool path applies it) and proj on the transformer's output tokens.
-
-        Args:
-            tokens: float [B, N, W] transformer output tokens.
-
-        Returns:
-            float [B, N, D] in the joint space (not normalised).
-        """
-        visual = self.model.visual
-        tokens = visual.ln_post(tokens)  # per-token LayerNorm: same before or after pooling
-        if visual.proj is not None:
-            tokens = tokens @ visual.proj
-        return tokens
+        """A ViT's ln_post and proj on its transformer output tokens [B, N, W] (the map that
+        gives its pooled token; `vlm.clip_views.project_vit_tokens`)."""
+        return clip_views.project_vit_tokens(self.model.visual, tokens)
 
     def _encode_images(self, pixels):
-        """(pooled [B, D], patch tokens [B, T, D]) from preprocessed pixels, unnormalised.
-
-        The pooled embedding is the model's own (its `_pool` then `proj`, as `encode_image`);
-        the patch tokens go through `_project`, the same ln_post + proj.
-        """
-        visual = self.model.visual
-        x = visual._embeds(pixels)
-        x = visual.transformer(x)  # (B, 1 + T, W)
-        pooled, _ = visual._pool(x)
-        if visual.proj is not None:
-            pooled = pooled @ visual.proj  # (B, D)
-        patches = self._project(x[:, 1:])  # (B, T, D)
-        return pooled, patches
+        """(pooled [B, D], patch tokens [B, T, D]) from preprocessed pixels, unnormalised
+        (`vlm.clip_views.image_views`: the pooled embedding is the model's own)."""
+        return clip_views.image_views(self.model.visual, pixels)
 
     def _chunked(self, n: int, step, what: str) -> list:
         """[step(start, stop) for consecutive chunks of [0, n)], batch_size items per chunk.
@@ -428,8 +405,7 @@ class ClipEmbedder:
     @property
     def num_patches(self) -> int:
         """T, patch tokens per frame."""
-        gh, gw = self.model.visual.grid_size
-        return int(gh * gw)
+        return clip_views.num_tokens(self.model.visual)
 
     # -- texts -------------------------------------------------------------------------------
 

@@ -128,7 +128,8 @@ def test_config_hash_and_version_mismatch_name_both(tmp_path):
     manifest = json.loads((tmp_path / "c/manifest.json").read_text())
     manifest["schema_version"] = 99
     (tmp_path / "c/manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(SchemaError, match="schema version 99 found, this reader reads versions 1, 2"):
+    with pytest.raises(SchemaError,
+                       match="schema version 99 found, this reader reads versions 1, 2"):
         Cache(tmp_path / "c")
 
 

@@ -149,3 +149,60 @@ def test_vit_b32_random_projection():
         ours = e._project(x[:, :1])[:, 0]
         ref = e.model.encode_image(pixels)
     np.testing.assert_allclose(ours.numpy(), ref.numpy(), rtol=1e-4, atol=1e-4)
+
+
+# -- ModifiedResNet towers (RN50's family; the world CLIP): dense tokens of the attention pool --
+
+@pytest.fixture(scope="module")
+def world_rn():
+    return ClipEmbedder("videocfr-world", "none", batch_size=4)
+
+
+def test_resnet_tower_global_is_the_models_own_and_tokens_cover_the_pool_grid(world_rn):
+    from open_clip.modified_resnet import ModifiedResNet
+
+    assert isinstance(world_rn.model.visual, ModifiedResNet)
+    f = frames(3, 90, 160)
+    g, p = world_rn.embed_images(f)
+    side = world_rn.image_size[0] // 32
+    assert world_rn.num_patches == side * side and p.shape == (3, side * side, g.shape[1])
+    with torch.inference_mode():
+        ref = torch.nn.functional.normalize(
+            world_rn.model.encode_image(world_rn.preprocess(f)), dim=-1)
+    np.testing.assert_allclose(g, ref.numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(p, axis=-1), 1, atol=1e-5)
+
+
+def test_resnet_tokens_live_in_the_pooled_space():
+    """A feature map equal at every position, with the positional embedding zeroed: the pool
+    attends over identical values, so its output must equal every dense token — the tokens are
+    the pool's own map, not another space."""
+    from open_clip.modified_resnet import AttentionPool2d
+    from videocfr.vlm.clip_views import resnet_tokens
+
+    torch.manual_seed(0)
+    pool = AttentionPool2d(3, 32, 4, 16).eval()
+    with torch.no_grad():
+        pool.positional_embedding.zero_()
+        x = torch.randn(2, 32, 1, 1).expand(2, 32, 3, 3).contiguous()
+        pooled, tokens = pool(x), resnet_tokens(pool, x)
+    assert tokens.shape == (2, 9, 16)
+    np.testing.assert_allclose(tokens.numpy(), pooled[:, None].expand(2, 9, 16).numpy(),
+                               rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # and a map that differs by position gives differing tokens
+        y = torch.randn(2, 32, 3, 3)
+        assert not torch.allclose(resnet_tokens(pool, y)[:, 0], resnet_tokens(pool, y)[:, 1])
+
+
+def test_a_tower_without_location_tokens_is_refused_naming_the_fix():
+    from videocfr.vlm.clip_views import check_tower
+
+    with pytest.raises(ValueError, match=r"mytower: .*VisionTransformer or ModifiedResNet.*RN50"):
+        check_tower(torch.nn.Identity(), "mytower")
+
+
+@pytest.mark.slow
+def test_rn50_random_tokens():
+    e = ClipEmbedder("RN50", "none", batch_size=2)
+    g, p = e.embed_images(frames(2, 120, 160))
+    assert g.shape == (2, 1024) and p.shape == (2, 49, 1024)

@@ -104,9 +104,10 @@ def pair_run(tmp_path):
 
 def test_selector_checkpoint_of_another_embedding_model_is_refused(tmp_path, pair_run, capsys):
     from videocfr.cache_format import Cache
-    from videocfr.cli import main
     from videocfr.selector.checkpoint import read_state
     from videocfr.selector.select import load_refocus_strategy, select_all
+
+    from videocfr.cli import main
 
     assert read_state(pair_run)["embedding_model"] == {
         "name": "synthetic-pairs", "pretrained": "random", "embed_dim": 16}

@@ -39,8 +39,8 @@ def build(root: str | os.PathLike = artifacts.DEFAULT_ROOT, seed: int = 0, *,
     Raises:
         WorldArtifactError: an existing build that is altered (rebuild with force=True).
     """
+    from videocfr.train.world_clip import ClipTrainConfig, train_clip
     from videocfr.train.world_vlm import VlmTrainConfig, train_vlm
-    from videocfr.world.clip import ClipTrainConfig, train_clip
 
     folder = artifacts.artifact_dir(root, seed)
     record_path = folder / artifacts.BUILD_FILE

@@ -5,6 +5,8 @@
 - `vlm.video`: the cached sampled frames of a video, decoded by their stored indices.
 - `vlm.alpha`: the model's frame usage α from a forward pass's hidden states (Qwen2.5-VL spans).
 - `vlm.coverage`: r_cov between α and the grouped prior (numpy only).
+- `vlm.clip_views`: an open_clip image tower's pooled embedding and per-location tokens in the
+  joint space (precompute's embedder and the world CLIP's trainer read the same views).
 - `vlm.scorer`: the frozen VLM scorer (option log-likelihoods, generate mode).
 - `vlm.tiny`: a tiny random Qwen2.5-VL model and an offline processor (tests, tiny configs).
 
