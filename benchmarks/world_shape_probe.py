@@ -1,16 +1,20 @@
-"""Can the world CLIP's image tower learn shape at all? A supervised 4-way shape probe.
+"""Can an image tower learn shape from the world's frames? A supervised 4-way shape probe.
 
-The world CLIP learns colour (held-out 0.98) but not shape (0.25, chance) from its contrastive
-loss. This probe removes the text side and the contrastive objective: the same frames
+The first world CLIP (an open_clip ViT, 12 px patches) learned colour (held-out 0.98) but not
+shape (0.25, chance) from its contrastive loss; this probe is how that was found and how its
+replacement was chosen. It removes the text side and the contrastive objective: the same frames
 (`sample_object` of a random shape and colour on a real clip frame, or on flat grey), the same
-pixels (`clip.to_pixels`), a 4-way shape label and cross-entropy, for
+pixels (`world.clip.to_pixels`), a 4-way shape label and cross-entropy, for
 
-- `vit`: the `videocfr-world` image tower (open_clip ViT, from its config) + a linear head;
+- `vit`: an open_clip ViT of the first world CLIP's shape (4 layers, width 128, 12 px patches,
+  average pool; 96 px) + a linear head;
+- `resnet`: the `videocfr-world` image tower as configured now (open_clip's ModifiedResNet at
+  width 16) + a linear head;
 - `cnn`: a 4-layer convolutional net of about 0.2M parameters (stride-2 convs, global max pool).
 
 Held-out accuracy is on 96 frames from another seed; chance is 0.25. The last line:
 
-    shape_probe steps=<n> size=<s> background=<real|grey> vit=<acc> cnn=<acc> chance=0.25
+    shape_probe steps=<n> size=<s> background=<real|grey> vit= resnet= cnn= chance=0.25
 """
 
 from __future__ import annotations
@@ -43,22 +47,27 @@ def _conv_net():
 
 
 def probe(kind: str, steps: int, size: float, grey: bool, lr: float) -> float:
-    """Held-out shape accuracy of `kind` ("vit" or "cnn") after `steps` batches of 12."""
+    """Held-out shape accuracy of `kind` ("vit", "resnet" or "cnn") after `steps` batches of 12."""
     import open_clip
     import torch
     import torch.nn.functional as F
+    from open_clip.transformer import VisionTransformer
+    from videocfr.vlm import clip_views
     from videocfr.world import clip as wc
     from videocfr.world.frames import Backgrounds
 
     torch.manual_seed(0)
     clip = open_clip.create_model(wc.register_world_clip(), pretrained=None)
-    if kind == "vit":
-        head = torch.nn.Linear(clip.visual.output_dim, 4)
-        params = list(clip.visual.parameters()) + list(head.parameters())
+    if kind in ("vit", "resnet"):
+        tower = clip.visual if kind == "resnet" else VisionTransformer(
+            image_size=96, patch_size=12, width=128, layers=4, heads=4, mlp_ratio=4.0,
+            output_dim=clip.visual.output_dim, pool_type="avg")
+        head = torch.nn.Linear(tower.output_dim, 4)
+        params = list(tower.parameters()) + list(head.parameters())
 
         def forward(px):
-            return head(wc.image_views(clip, px)[0] * 10)
-        modules = (clip.visual, head)
+            return head(F.normalize(clip_views.image_views(tower, px)[0], dim=-1) * 10)
+        modules = (tower, head)
     else:
         net = _conv_net()
         params, forward, modules = list(net.parameters()), net, (net,)
@@ -91,14 +100,14 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     acc = {}
-    for kind, lr in (("vit", 5e-4), ("cnn", 1e-3)):
+    for kind, lr in (("vit", 5e-4), ("resnet", 1e-3), ("cnn", 1e-3)):
         start = time.perf_counter()
         acc[kind] = probe(kind, args.steps, args.size, args.grey, lr)
         print(f"{kind}: held-out shape accuracy {acc[kind]:.3f} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
     print(f"shape_probe steps={args.steps} size={args.size} "
           f"background={'grey' if args.grey else 'real'} vit={acc['vit']:.3f} "
-          f"cnn={acc['cnn']:.3f} chance=0.25")
+          f"resnet={acc['resnet']:.3f} cnn={acc['cnn']:.3f} chance=0.25")
 
 
 if __name__ == "__main__":
