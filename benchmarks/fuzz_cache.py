@@ -68,7 +68,7 @@ def main() -> None:
         mutant = make_mutant(source, work / f"m{i:05d}-{kind}", kind, np.random.default_rng(seed))
         outcome, got = judge(mutant, reference, args.timeout, env, remote=args.remote)
         if outcome == "refused" and got["verify"]:
-            tag = re.search(r"\[([a-z0-9-]+)\] ", got["verify"][0])
+            tag = re.search(r"\[([a-z][a-z-]*)\] ", got["verify"][0])  # a kind, not an index
             kinds[tag.group(1) if tag else "value"] += 1
         if outcome in ("refused", "same"):
             shutil.rmtree(mutant)
