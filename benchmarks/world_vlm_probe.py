@@ -14,11 +14,15 @@ modules:
 - `letters`: the language model alone on the letter lookup without vision: the scorer's letter
   prompt (`vlm.scorer.letter_prompt`) with the answer given as a hint in the question ("What
   colour is the triangle? Hint: red."), text only, loss on the four letters' logits; the
-  running training accuracy (every sample is new).
+  running training accuracy (every sample is new);
+- `letters_match`: the world VLM trainer's own letter stage (`train.world_vlm.letter_stage`):
+  the same prompts, batches of 32, plus the option-match loss — each option's word position
+  asked whether it is the answer — which splits the two-hop lookup into two one-hop parts.
 
 Chance is 0.25 for both. The last line:
 
-    world_vlm_probe vision_84= vision_168= vision_168_curriculum= letters= chance=0.25
+    world_vlm_probe vision_84= vision_168= vision_168_curriculum= letters= letters_match=
+        chance=0.25
 
 A probe that stays at chance here is why the VLM does; one that learns says what its stage
 needs (steps, resolution, curriculum).
@@ -131,11 +135,30 @@ def letters(steps: int, batch: int = 64, lr: float = 2e-3, seed: int = 0) -> flo
     return float(np.mean(hits[-100:]))
 
 
+def letters_match(steps: int, seed: int = 0) -> float:
+    """The world VLM trainer's letter stage (the same prompts with the option-match loss):
+    training accuracy over its last 100 steps."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from videocfr.train.world_vlm import LetterStage, letter_stage, world_processor
+    from videocfr.vlm.tiny import tiny_config
+
+    torch.manual_seed(seed)
+    tok = world_processor(seed).tokenizer
+    model = Qwen2_5_VLForConditionalGeneration(tiny_config(tok, "world"))
+    head = torch.nn.Linear(model.config.text_config.hidden_size, 1)
+    figures = letter_stage(model, head, tok, np.random.default_rng(seed), LetterStage(steps),
+                           match_weight=1.0)
+    return figures["train_accuracy_last100"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--vision-steps", type=int, default=2000)
     ap.add_argument("--letter-steps", type=int, default=900)
-    ap.add_argument("--parts", default="vision_84,vision_168,vision_168_curriculum,letters")
+    ap.add_argument("--match-steps", type=int, default=600)
+    ap.add_argument("--parts",
+                    default="vision_84,vision_168,vision_168_curriculum,letters,letters_match")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     import torch
@@ -146,6 +169,7 @@ def main() -> None:
         "vision_168": lambda: vision(args.vision_steps, 28 * 28 * 70, False),
         "vision_168_curriculum": lambda: vision(args.vision_steps, 28 * 28 * 70, True),
         "letters": lambda: letters(args.letter_steps),
+        "letters_match": lambda: letters_match(args.match_steps),
     }
     acc = {}
     for part in args.parts.split(","):

@@ -77,11 +77,18 @@ def test_ci_clip_loads_through_precompute_and_ranks_the_needle_frame(ci_clip):
 
 
 def test_world_vlm_trains_on_the_scorers_batch_and_loads_as_a_checkpoint(tmp_path):
-    from videocfr.train.world_vlm import Stage, VlmTrainConfig, make_batch, train_vlm
+    from videocfr.train.world_vlm import (
+        LetterStage,
+        Stage,
+        VlmTrainConfig,
+        make_batch,
+        train_vlm,
+    )
     from videocfr.vlm.scorer import FrozenScorer, ScoreItem, letter_prompt
     from videocfr.world.samples import video_qa
 
-    config = VlmTrainConfig(stages=(Stage(2, (2,)),), batch=2, eval_per_n=2, eval_frames=(2,))
+    config = VlmTrainConfig(letters=LetterStage(2, 2), stages=(Stage(2, (2,)),), batch=2,
+                            eval_per_n=2, eval_frames=(2,))
     figures = train_vlm(config, tmp_path / "vlm")
     assert set(figures["eval"]["2"]) == {"needle", "no_needle"}
     scorer = FrozenScorer.from_pretrained(tmp_path / "vlm", batch_size=2)

@@ -104,7 +104,7 @@ def zero_shot(model, tokenizer, backgrounds: Backgrounds, rng: np.random.Generat
     import torch.nn.functional as F
 
     frames, labels = [], []
-    for k, name in enumerate(NAMES):
+    for name in NAMES:
         colour, shape = name.split(" ")
         for _ in range(per_class):
             target = sample_object(rng, shape=shape, colour=colour, size=size)
