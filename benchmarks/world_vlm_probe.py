@@ -11,13 +11,14 @@ modules:
   the world VLM uses now (84 x 168 px: an object spans about one patch) and at twice the
   resolution (168 x 308 px: two to three patches), with or without a size curriculum (objects
   shrink from 0.45 to 0.18 over the first half).
-- `letters`: the language model alone on the letter lookup without vision: the scorer's letter
-  prompt (`vlm.scorer.letter_prompt`) with the answer given as a hint in the question ("What
-  colour is the triangle? Hint: red."), text only, loss on the four letters' logits; the
-  running training accuracy (every sample is new);
-- `letters_match`: the world VLM trainer's own letter stage (`train.world_vlm.letter_stage`):
-  the same prompts, batches of 32, plus the option-match loss — each option's word position
-  asked whether it is the answer — which splits the two-hop lookup into two one-hop parts.
+- `letters`: the language model alone on the letter lookup without vision, through the world
+  VLM trainer's letter stage (`train.world_vlm.letter_stage`): the scorer's letter prompt
+  (`vlm.scorer.letter_prompt`) with the answer given as a hint in the question ("What colour is
+  the triangle? Hint: red."), text only, loss on the four letters' logits alone, batches of 64;
+  the running training accuracy (every sample is new);
+- `letters_match`: the same stage as the trainer runs it: batches of 32 plus the option-match
+  loss — each option's word position asked whether it is the answer — which splits the two-hop
+  lookup into two one-hop parts.
 
 Chance is 0.25 for both. The last line:
 
@@ -94,50 +95,9 @@ def vision(steps: int, budget: int, curriculum: bool, seed: int = 0) -> float:
         return float((forward(test_x).argmax(-1).numpy() == test_y).mean())
 
 
-def letters(steps: int, batch: int = 64, lr: float = 2e-3, seed: int = 0) -> float:
-    """Training accuracy over the last 100 steps of the text-only letter lookup."""
-    import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
-    from videocfr.train.world_vlm import world_processor
-    from videocfr.vlm.scorer import letter_prompt
-    from videocfr.vlm.tiny import tiny_config
-    from videocfr.world.captions import LETTERS, make_question
-    from videocfr.world.objects import sample_object
-
-    torch.manual_seed(seed)
-    tok = world_processor(seed).tokenizer
-    tok.padding_side = "left"
-    model = Qwen2_5_VLForConditionalGeneration(tiny_config(tok, "world"))
-    ids = [tok.encode(c, add_special_tokens=False)[0] for c in LETTERS[:4]]
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
-    rng = np.random.default_rng(seed)
-    hits = []
-    for _ in range(steps):
-        texts, truth = [], []
-        for _ in range(batch):
-            q = make_question(rng, sample_object(rng))
-            prompt = letter_prompt(f"{q.question} Hint: {q.answer_text}.", q.options)
-            texts.append(tok.apply_chat_template(
-                [{"role": "user", "content": [{"type": "text", "text": prompt}]}],
-                add_generation_prompt=True, tokenize=False))
-            truth.append(LETTERS.index(q.answer))
-        z = model(**tok(texts, return_tensors="pt", padding=True),
-                  logits_to_keep=1).logits[:, -1, ids]
-        target = torch.tensor(truth)
-        loss = torch.nn.functional.cross_entropy(z, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        hits.append(float((z.argmax(-1) == target).float().mean()))
-    return float(np.mean(hits[-100:]))
-
-
-def letters_match(steps: int, seed: int = 0) -> float:
-    """The world VLM trainer's letter stage (the same prompts with the option-match loss):
-    training accuracy over its last 100 steps."""
+def letters(steps: int, batch: int, lr: float, match_weight: float, seed: int = 0) -> float:
+    """The world VLM trainer's letter stage (`train.world_vlm.letter_stage`) on a fresh model,
+    with or without the option-match loss: training accuracy over its last 100 steps."""
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
     from videocfr.train.world_vlm import LetterStage, letter_stage, world_processor
@@ -147,8 +107,8 @@ def letters_match(steps: int, seed: int = 0) -> float:
     tok = world_processor(seed).tokenizer
     model = Qwen2_5_VLForConditionalGeneration(tiny_config(tok, "world"))
     head = torch.nn.Linear(model.config.text_config.hidden_size, 1)
-    figures = letter_stage(model, head, tok, np.random.default_rng(seed), LetterStage(steps),
-                           match_weight=1.0)
+    figures = letter_stage(model, head, tok, np.random.default_rng(seed),
+                           LetterStage(steps, batch, lr), match_weight=match_weight)
     return figures["train_accuracy_last100"]
 
 
@@ -156,6 +116,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--vision-steps", type=int, default=2000)
     ap.add_argument("--letter-steps", type=int, default=900)
+    ap.add_argument("--letter-lr", type=float, default=2e-3)
     ap.add_argument("--match-steps", type=int, default=600)
     ap.add_argument("--parts",
                     default="vision_84,vision_168,vision_168_curriculum,letters,letters_match")
@@ -168,8 +129,8 @@ def main() -> None:
         "vision_84": lambda: vision(args.vision_steps, 28 * 28 * 18, False),
         "vision_168": lambda: vision(args.vision_steps, 28 * 28 * 70, False),
         "vision_168_curriculum": lambda: vision(args.vision_steps, 28 * 28 * 70, True),
-        "letters": lambda: letters(args.letter_steps),
-        "letters_match": lambda: letters_match(args.match_steps),
+        "letters": lambda: letters(args.letter_steps, 64, args.letter_lr, match_weight=0.0),
+        "letters_match": lambda: letters(args.match_steps, 32, 2e-3, match_weight=1.0),
     }
     acc = {}
     for part in args.parts.split(","):

@@ -172,13 +172,19 @@ def _fps(rng: np.random.Generator) -> float:
     return float(math.exp(rng.uniform(math.log(0.05), math.log(4.0))))
 
 
-def with_hint(sample: VideoQA) -> VideoQA:
-    """The sample with "Hint: <answer>." after its question: the letter lookup without vision."""
+def hinted(question: MCQuestion) -> MCQuestion:
+    """The question with "Hint: <answer>." after it: the letter lookup without vision."""
     import dataclasses
 
-    q = sample.question
-    return dataclasses.replace(sample, question=dataclasses.replace(
-        q, question=f"{q.question} Hint: {q.answer_text}."))
+    return dataclasses.replace(
+        question, question=f"{question.question} Hint: {question.answer_text}.")
+
+
+def with_hint(sample: VideoQA) -> VideoQA:
+    """The sample with its question `hinted`."""
+    import dataclasses
+
+    return dataclasses.replace(sample, question=hinted(sample.question))
 
 
 def make_batch(processor, samples: list[VideoQA], fps: list[float]):
@@ -270,8 +276,6 @@ def letter_stage(model, match_head, tokenizer, rng: np.random.Generator, stage: 
                  match_weight: float) -> dict:
     """The first stage (see `LetterStage`); returns its steps, wall time and training accuracy
     over its last 100 steps."""
-    import dataclasses
-
     import torch
 
     params = list(model.parameters()) + list(match_head.parameters())
@@ -281,11 +285,7 @@ def letter_stage(model, match_head, tokenizer, rng: np.random.Generator, stage: 
     start, hits = time.perf_counter(), []
     model.train()
     for step in range(stage.steps):
-        questions = []
-        for _ in range(stage.batch):
-            q = make_question(rng, sample_object(rng))
-            hint = f"{q.question} Hint: {q.answer_text}."
-            questions.append(dataclasses.replace(q, question=hint))
+        questions = [hinted(make_question(rng, sample_object(rng))) for _ in range(stage.batch)]
         batch, ids = text_batch(tokenizer, questions)
         truth = torch.tensor([LETTERS.index(q.answer) for q in questions])
         seen = torch.ones(len(questions), dtype=torch.bool)
