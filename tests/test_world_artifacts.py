@@ -83,3 +83,20 @@ def test_world_vlm_of_another_version_is_refused_by_the_scorer(tmp_path):
     (vlm / artifacts.VLM_RECORD).write_text(json.dumps({"world_version": WORLD_VERSION + 1}))
     with pytest.raises(artifacts.WorldArtifactError, match="world.json was built by"):
         FrozenScorer.from_pretrained(vlm)
+
+
+def test_build_trains_both_models_and_keeps_an_intact_build(tmp_path):
+    from videocfr.train.world_build import build, summary
+    from videocfr.train.world_clip import ClipTrainConfig
+    from videocfr.train.world_vlm import LetterStage, Stage, VisionStage, VlmTrainConfig
+
+    vlm = VlmTrainConfig(vision=VisionStage(2, 2, 56, 2, 2), letters=LetterStage(2, 2),
+                         stages=(Stage(2, (2,)),), batch=2, eval_per_n=2, eval_frames=(2,))
+    record = build(tmp_path, 0, clip_config=ClipTrainConfig(steps=2, batch=4), vlm_config=vlm)
+    folder = artifacts.artifact_dir(tmp_path, 0)
+    assert record["clip_sha256"] == artifacts.sha256_of(folder / artifacts.CLIP_FILE)
+    assert (folder / artifacts.VLM_DIR / "config.json").is_file()
+    assert "vlm tower per token" in summary(record)
+    stamp = (folder / artifacts.BUILD_FILE).stat().st_mtime_ns
+    assert build(tmp_path, 0) == json.loads(json.dumps(record))  # intact: kept, not retrained
+    assert (folder / artifacts.BUILD_FILE).stat().st_mtime_ns == stamp

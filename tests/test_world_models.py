@@ -14,10 +14,12 @@ from videocfr.world.clip import register_world_clip  # noqa: E402
 from videocfr.world.frames import Backgrounds  # noqa: E402
 
 # 1000 of the default run's 4000 steps (its curriculum over the first 30%), ~80 s on one core.
+# Measured under world version 2:
 # Measured at the world's object sizes: zero-shot over 24 classes 0.73 / 0.68 / 0.73 on three
-# held-out streams (random weights 0.05 / 0.06 / 0.04, chance 1/24); the needle frame ranked
-# first by precompute's semantic salience in 8 of 12 shots on two streams (random weights 2 of
-# 12, chance 1/8). The full run reaches 1.0 (docs/world.md).
+# held-out streams (random weights 0.05 / 0.06 / 0.04, chance 1/24). World version 3: the needle
+# frame ranked first by precompute's semantic salience in 32, 34 and 31 of 48 shots on three
+# streams (random weights 7 of 48 on each, chance 6 of 48); 12 shots were too few (4 of 12 on one
+# stream whose 48 gave 32). The full run reaches 1.0 (docs/world.md).
 CI_CLIP = ClipTrainConfig(steps=1000, seed=0)
 
 
@@ -62,7 +64,7 @@ def test_ci_clip_loads_through_precompute_and_ranks_the_needle_frame(ci_clip):
     rng = np.random.default_rng(5)
     bg = Backgrounds(size=(320, 180))
     hits = 0
-    for _ in range(12):  # 8 frames, one with the needle, the others with other objects
+    for _ in range(48):  # 8 frames, one with the needle, the others with other objects
         target = sample_object(rng)
         q = make_question(rng, target, asked="colour")
         at = int(rng.integers(8))
@@ -73,13 +75,14 @@ def test_ci_clip_loads_through_precompute_and_ranks_the_needle_frame(ci_clip):
         raw = semantic_raw(glob, patches, emb.embed_texts(semantic_queries(q.question,
                                                                            q.options)))
         hits += int(np.argmax(raw) == at)
-    assert hits / 12 >= 0.5, hits  # measured 8 of 12; chance 1/8
+    assert hits / 48 >= 0.4, hits  # measured 32 of 48 (random weights 7, chance 6)
 
 
 def test_world_vlm_trains_on_the_scorers_batch_and_loads_as_a_checkpoint(tmp_path):
     from videocfr.train.world_vlm import (
         LetterStage,
         Stage,
+        VisionStage,
         VlmTrainConfig,
         make_batch,
         train_vlm,
@@ -87,8 +90,8 @@ def test_world_vlm_trains_on_the_scorers_batch_and_loads_as_a_checkpoint(tmp_pat
     from videocfr.vlm.scorer import FrozenScorer, ScoreItem, letter_prompt
     from videocfr.world.samples import video_qa
 
-    config = VlmTrainConfig(letters=LetterStage(2, 2), stages=(Stage(2, (2,)),), batch=2,
-                            eval_per_n=2, eval_frames=(2,))
+    config = VlmTrainConfig(vision=VisionStage(2, 2, 56, 2, 2), letters=LetterStage(2, 2),
+                            stages=(Stage(2, (2,)),), batch=2, eval_per_n=2, eval_frames=(2,))
     figures = train_vlm(config, tmp_path / "vlm")
     assert set(figures["eval"]["2"]) == {"needle", "no_needle"}
     scorer = FrozenScorer.from_pretrained(tmp_path / "vlm", batch_size=2)

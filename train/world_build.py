@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from videocfr.world import artifacts
@@ -57,8 +59,13 @@ def build(root: str | os.PathLike = artifacts.DEFAULT_ROOT, seed: int = 0, *,
     start = time.perf_counter()
     clip_config = clip_config or ClipTrainConfig(seed=seed)
     vlm_config = vlm_config or VlmTrainConfig(seed=seed)
-    clip_figures = train_clip(clip_config, folder / artifacts.CLIP_FILE)
-    vlm_figures = train_vlm(vlm_config, folder / artifacts.VLM_DIR)
+    # the two models share nothing: the CLIP trains in a child process beside the VLM (one core
+    # each; each trainer sets its own thread count)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        clip_job = pool.submit(train_clip, clip_config, folder / artifacts.CLIP_FILE)
+        vlm_figures = train_vlm(vlm_config, folder / artifacts.VLM_DIR)
+        clip_figures = clip_job.result()
     record = {
         "world_version": WORLD_VERSION, "seed": seed,
         "clip_sha256": artifacts.sha256_of(folder / artifacts.CLIP_FILE),
@@ -78,6 +85,10 @@ def summary(record: dict) -> str:
     parts = [f"world v{record['world_version']} seed={record['seed']}",
              f"clip zero_shot={clip['zero_shot']:.3f} (with distractors "
              f"{clip['zero_shot_distractors']:.3f}, chance {clip['chance']:.3f})"]
+    if "tokens" in vlm:
+        t = vlm["tokens"]
+        parts.append(f"vlm tower per token colour={t['colour']:.3f} shape={t['shape']:.3f} "
+                     f"(chance 0.167 / 0.25)")
     for n, ev in vlm["eval"].items():
         parts.append(f"vlm n={n} needle={ev['needle']['accuracy']:.3f} "
                      f"no_needle={ev['no_needle']['accuracy']:.3f} (chance {vlm['chance']:.2f})")

@@ -9,10 +9,13 @@ logits at the answer position
 quantity trained. Samples without the needle (the answer cannot be seen) are trained toward a
 uniform distribution over the letters, so the margin says "I cannot see it" where it cannot.
 
-Curriculum (`STAGES`): two frames, one object shrinking from nearly the frame's height, then
-distractors with half the questions carrying a text hint of the answer (the letter lookup
-learned without vision). Measured so far: the answer word is learned above chance, the letter
-lookup from what is seen is not (see docs/world.md); the targets are not reached.
+Training runs in three parts: the vision stage (`train.world_vision`: the tower taught each
+object's colour and shape per merged token, through logits tied to the words' embeddings), the
+letter stage (`LetterStage`: the letter lookup without vision, the answer as a text hint), then
+the question stages (`STAGES`: two frames with one object, then two or four frames with
+distractors and a fifth of the samples without the needle), the vision stage's loss kept beside
+the answer's. Measured so far: the tower learns shape and colour, the question stages rise above
+chance but do not reach the targets (docs/world.md).
 The tokenizer is the tiny byte-level BPE retrained on the
 world's prompts (`world_tokenizer`: every world word one token), so the sequence stays short.
 
@@ -30,6 +33,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from videocfr.train.world_vision import (
+    VisionStage,
+    WordHead,
+    evaluate_tokens,
+    group_labels,
+    qa_groups,
+    vision_loss,
+    vision_stage,
+)
 from videocfr.vlm.prompts import chat_messages
 from videocfr.vlm.scorer import letter_prompt
 from videocfr.vlm.tiny import CHAT_TEMPLATE, tiny_config, tiny_processor, tiny_tokenizer
@@ -46,8 +58,8 @@ from videocfr.world.samples import VideoQA, video_qa
 
 log = logging.getLogger(__name__)
 
-WORLD_MIN_PIXELS = 28 * 28 * 4
-WORLD_MAX_PIXELS = 28 * 28 * 18  # a 16:9 frame becomes 84 x 168 px: 6 x 12 patches of 14 px
+WORLD_MAX_PIXELS = 28 * 28 * 60  # a 16:9 frame becomes 168 x 280 px: 12 x 20 patches of 14 px
+WORLD_MIN_PIXELS = 28 * 28 * 48  # smaller frames are scaled up: an object spans 2-3 patches
 
 
 def world_corpus(rng: np.random.Generator, n: int = 400) -> list[str]:
@@ -110,8 +122,8 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage(300, (2,), size=(0.9, 0.3)),
-    Stage(500, (2,), (0, 1), (0, 1), hint=0.5, size=(0.35, 0.25)),
+    Stage(300, (2,)),
+    Stage(600, (2, 4), (0, 2), (0, 1), no_needle=0.2),
 )
 
 
@@ -134,6 +146,7 @@ class VlmTrainConfig:
     """How the world VLM is trained.
 
     Args:
+        vision: the tower taught colour and shape per token first (None: skip it).
         letters: the letter lookup without vision, first (None: skip it).
         stages: the curriculum (steps per stage and its sample settings).
         batch: samples per step.
@@ -150,8 +163,11 @@ class VlmTrainConfig:
             trains seeing before matching the seen word to an option's letter (without it a
             from-scratch model sits at chance: two hops, no signal for the first).
         match_weight: weight of the option-match loss (`qa_loss`), in every stage.
+        vision_weight: weight of the vision stage's per-token loss kept in the question stages
+            (on the question batch's own frames), so the tower keeps what it learnt.
     """
 
+    vision: VisionStage | None = VisionStage()
     letters: LetterStage | None = LetterStage()
     stages: tuple[Stage, ...] = STAGES
     batch: int = 16
@@ -165,6 +181,7 @@ class VlmTrainConfig:
     eval_frames: tuple[int, ...] = field(default=(4, 8))
     word_weight: float = 1.0
     match_weight: float = 1.0
+    vision_weight: float = 1.0
 
 
 def _fps(rng: np.random.Generator) -> float:
@@ -390,13 +407,19 @@ def train_vlm(config: VlmTrainConfig, out: str | Path, init: str | Path | None =
     seeds = np.random.SeedSequence([config.seed, WORLD_VERSION, 1]).spawn(2)
     rng, held_out = np.random.default_rng(seeds[0]), np.random.default_rng(seeds[1])
     match_head = torch.nn.Linear(model.config.text_config.hidden_size, 1)  # dropped at save
+    word_head = WordHead(model, processor.tokenizer)  # dropped at save
+    vision = None
+    if config.vision is not None:
+        vision = vision_stage(model, word_head, processor, backgrounds, rng, config.vision,
+                              lambda r: video_qa(r, backgrounds, 2))
+        log.info("world VLM vision stage: %s", vision)
     letters = None
     if config.letters is not None and config.letters.steps > 0:
         letters = letter_stage(model, match_head, processor.tokenizer, rng, config.letters,
                                config.match_weight)
         log.info("world VLM letter stage: %s", letters)
     total = sum(s.steps for s in config.stages)
-    params = list(model.parameters()) + list(match_head.parameters())
+    params = [*model.parameters(), *match_head.parameters(), word_head.background]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     warm = max(1, total // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (
@@ -426,6 +449,10 @@ def train_vlm(config: VlmTrainConfig, out: str | Path, init: str | Path | None =
                 word = torch.nn.functional.cross_entropy(
                     full[seen], word_ids(processor.tokenizer, samples)[seen])
                 loss = loss + config.word_weight * word
+            if config.vision_weight > 0:
+                labels = group_labels([qa_groups(x) for x in samples], b["video_grid_thw"])
+                loss = loss + config.vision_weight * vision_loss(
+                    model, word_head, b["pixel_values_videos"], b["video_grid_thw"], labels)[0]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -449,7 +476,9 @@ def train_vlm(config: VlmTrainConfig, out: str | Path, init: str | Path | None =
     figures = {"world_version": WORLD_VERSION, "seed": config.seed,
                "config": asdict(config), "wall_s": round(wall, 1), "steps": total,
                "params": int(sum(p.numel() for p in model.parameters())),
-               "letters": letters, "chance": 0.25, "eval": {}}
+               "vision": vision, "letters": letters, "chance": 0.25, "eval": {},
+               "tokens": evaluate_tokens(model, word_head, processor, [
+                   video_qa(held_out, backgrounds, 2) for _ in range(48)])}
     for n in config.eval_frames:
         figures["eval"][str(n)] = {
             "needle": evaluate_needle(model, processor, backgrounds, held_out, n,
