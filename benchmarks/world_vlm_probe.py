@@ -20,10 +20,16 @@ modules:
   loss — each option's word position asked whether it is the answer — which splits the two-hop
   lookup into two one-hop parts.
 
-Chance is 0.25 for both. The last line:
+- `vision_stage`: the trainer's own vision stage (`train.world_vision.VisionStage`: word-tied
+  per-token colour and shape labels, 56 px crops, then crops and full frames alternated) on a
+  fresh world VLM, scored on 48 held-out two-frame samples: shape accuracy at the tokens under
+  objects' centres (its colour accuracy is printed beside it);
+- `vision_crops_only`: the same stage without the full-frame part (what crops alone transfer).
+
+Chance is 0.25 for all. The last line:
 
     world_vlm_probe vision_84= vision_168= vision_168_curriculum= letters= letters_match=
-        chance=0.25
+        vision_stage= vision_crops_only= chance=0.25
 
 A probe that stays at chance here is why the VLM does; one that learns says what its stage
 needs (steps, resolution, curriculum).
@@ -112,14 +118,44 @@ def letters(steps: int, batch: int, lr: float, match_weight: float, seed: int = 
     return figures["train_accuracy_last100"]
 
 
+def vision_stage(crop_steps: int, frame_steps: int, seed: int = 0) -> float:
+    """Held-out per-token shape accuracy after the trainer's vision stage on a fresh world VLM."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from videocfr.train.world_vision import VisionStage, WordHead, evaluate_tokens
+    from videocfr.train.world_vision import vision_stage as run_stage
+    from videocfr.train.world_vlm import world_processor
+    from videocfr.vlm.tiny import tiny_config
+    from videocfr.world.frames import Backgrounds
+    from videocfr.world.samples import video_qa
+
+    torch.manual_seed(seed)
+    processor = world_processor(seed)
+    model = Qwen2_5_VLForConditionalGeneration(tiny_config(processor.tokenizer, "world"))
+    head = WordHead(model, processor.tokenizer)
+    backgrounds = Backgrounds(size=(224, 126))
+    run_stage(model, head, processor, backgrounds, np.random.default_rng(seed),
+              VisionStage(crop_steps=crop_steps, frame_steps=frame_steps),
+              lambda r: video_qa(r, backgrounds, 2))
+    held_out = np.random.default_rng(seed + 99)
+    tokens = evaluate_tokens(model, head, processor,
+                             [video_qa(held_out, backgrounds, 2) for _ in range(48)])
+    print(f"  held out: colour {tokens['colour']:.3f} shape {tokens['shape']:.3f} "
+          f"({tokens['objects']} objects)", flush=True)
+    return tokens["shape"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--vision-steps", type=int, default=2000)
     ap.add_argument("--letter-steps", type=int, default=900)
     ap.add_argument("--letter-lr", type=float, default=2e-3)
     ap.add_argument("--match-steps", type=int, default=600)
+    ap.add_argument("--crop-steps", type=int, default=2000)
+    ap.add_argument("--frame-steps", type=int, default=1000)
     ap.add_argument("--parts",
-                    default="vision_84,vision_168,vision_168_curriculum,letters,letters_match")
+                    default="vision_84,vision_168,vision_168_curriculum,letters,letters_match,"
+                            "vision_stage,vision_crops_only")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     import torch
@@ -131,6 +167,8 @@ def main() -> None:
         "vision_168_curriculum": lambda: vision(args.vision_steps, 28 * 28 * 70, True),
         "letters": lambda: letters(args.letter_steps, 64, args.letter_lr, match_weight=0.0),
         "letters_match": lambda: letters(args.match_steps, 32, 2e-3, match_weight=1.0),
+        "vision_stage": lambda: vision_stage(args.crop_steps, args.frame_steps),
+        "vision_crops_only": lambda: vision_stage(args.crop_steps, 0),
     }
     acc = {}
     for part in args.parts.split(","):
