@@ -58,6 +58,13 @@ def schedule_lr(cfg: GRPOConfig, update: int, total_updates: int) -> float:
                  cfg.min_lr_ratio)
 
 
+def warmup_cosine(optimizer, warmup: int, total: int):
+    """A LambdaLR for the world models' trainers: a linear warmup over `warmup` steps times a half
+    cosine over all `total` steps (the two multiply; the rate reaches 0 at `total`)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5
+                                             * (1 + math.cos(math.pi * min(1.0, s / total))))
+
+
 def set_lr(optimizer, lr: float) -> None:
     """Set every parameter group's rate (a DeepSpeed ZeRO optimizer exposes its groups too)."""
     for group in optimizer.param_groups:

@@ -20,7 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from videocfr.world import artifacts
-from videocfr.world.objects import WORLD_VERSION
+from videocfr.world.objects import COLOURS, SHAPES, WORLD_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def summary(record: dict) -> str:
     if "tokens" in vlm:
         t = vlm["tokens"]
         parts.append(f"vlm tower per token colour={t['colour']:.3f} shape={t['shape']:.3f} "
-                     f"(chance 0.167 / 0.25)")
+                     f"(chance {1 / len(COLOURS):.3f} / {1 / len(SHAPES):.2f})")
     for n, ev in vlm["eval"].items():
         parts.append(f"vlm n={n} needle={ev['needle']['accuracy']:.3f} "
                      f"no_needle={ev['no_needle']['accuracy']:.3f} (chance {vlm['chance']:.2f})")

@@ -134,6 +134,7 @@ def train_clip(config: ClipTrainConfig, out: str | Path) -> dict:
     import open_clip
     import torch
     from tqdm import tqdm
+    from videocfr.train.optim import warmup_cosine
 
     torch.set_num_threads(config.threads)
     name = register_world_clip()
@@ -146,8 +147,7 @@ def train_clip(config: ClipTrainConfig, out: str | Path) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                             fused=True)
     warm = max(1, config.steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (
-        1 + np.cos(np.pi * min(1.0, s / config.steps))))
+    sched = warmup_cosine(opt, warm, config.steps)
     global_loss, token_loss = open_clip.ClipLoss(), token_max_loss_class()()
     start = time.perf_counter()
     model.train()

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from videocfr.train.optim import warmup_cosine
 from videocfr.world.frames import Backgrounds
 from videocfr.world.objects import COLOURS, SHAPES, SIZE_RANGE, WorldObject, draw_all
 from videocfr.world.samples import VideoQA
@@ -77,9 +78,9 @@ class WordHead(torch.nn.Module):
     def __init__(self, model, tokenizer, scale: float = 5.0):
         super().__init__()
         self.embed = model.get_input_embeddings()
-        self.register_buffer("colour_ids", torch.tensor(_word_ids(tokenizer, COLOURS)),
+        self.register_buffer("colour_ids", torch.tensor(word_token_ids(tokenizer, COLOURS)),
                              persistent=False)
-        self.register_buffer("shape_ids", torch.tensor(_word_ids(tokenizer, SHAPES)),
+        self.register_buffer("shape_ids", torch.tensor(word_token_ids(tokenizer, SHAPES)),
                              persistent=False)
         self.background = torch.nn.Parameter(torch.zeros(2))
         self.scale = scale
@@ -94,7 +95,8 @@ class WordHead(torch.nn.Module):
         return out[0], out[1]
 
 
-def _word_ids(tokenizer, words) -> list[int]:
+def word_token_ids(tokenizer, words) -> list[int]:
+    """The one token of each world word with its leading space (" red"); refused otherwise."""
     out = []
     for w in words:
         ids = tokenizer.encode(" " + w, add_special_tokens=False)
@@ -173,12 +175,7 @@ def vision_loss(model, head, pixel_values, grid_thw, labels):
 
 def processed_size(video_processor, frame_hw: tuple[int, int]) -> tuple[int, int]:
     """(H, W) a frame of that size has after the processor's resize."""
-    from transformers.video_utils import VideoMetadata
-
-    frames = np.zeros((2, *frame_hw, 3), np.uint8)
-    out = video_processor(videos=[frames], do_sample_frames=False, return_tensors="pt",
-                          video_metadata=[VideoMetadata(total_num_frames=2, fps=1.0,
-                                                        frames_indices=[0, 1])])
+    out = _videos(video_processor, [np.zeros((2, *frame_hw, 3), np.uint8)])
     _, h, w = out["video_grid_thw"][0].tolist()
     return h * video_processor.patch_size, w * video_processor.patch_size
 
@@ -239,8 +236,7 @@ def vision_stage(model, head: WordHead, processor, backgrounds: Backgrounds,
     opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.01)
     total = stage.crop_steps + stage.frame_steps
     warm = max(1, min(100, total // 10))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (
-        1 + math.cos(math.pi * min(1.0, s / max(1, total)))))
+    sched = warmup_cosine(opt, warm, max(1, total))
     start, hist = time.perf_counter(), {"crop": [], "frame": []}
     model.train()
     for step in range(total):

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from videocfr.train.optim import warmup_cosine
 from videocfr.train.world_vision import (
     VisionStage,
     WordHead,
@@ -41,6 +42,7 @@ from videocfr.train.world_vision import (
     qa_groups,
     vision_loss,
     vision_stage,
+    word_token_ids,
 )
 from videocfr.vlm.prompts import chat_messages
 from videocfr.vlm.scorer import letter_prompt
@@ -342,14 +344,7 @@ def word_ids(tokenizer, samples: list[VideoQA]):
     """int64 [B]: the one token of each answer word with its leading space (" red")."""
     import torch
 
-    out = []
-    for s in samples:
-        tok = tokenizer.encode(" " + s.question.answer_text, add_special_tokens=False)
-        if len(tok) != 1:
-            raise ValueError(f"answer word {s.question.answer_text!r} is {len(tok)} tokens for "
-                             f"the world tokenizer; retrain it with a larger vocab_size")
-        out.append(tok[0])
-    return torch.tensor(out)
+    return torch.tensor(word_token_ids(tokenizer, [s.question.answer_text for s in samples]))
 
 
 def evaluate_needle(model, processor, backgrounds: Backgrounds, rng: np.random.Generator,
@@ -431,10 +426,10 @@ def train_vlm(config: VlmTrainConfig, out: str | Path, init: str | Path | None =
     tower.requires_grad_(config.train_tower)
     params = [p for p in model.parameters() if p.requires_grad]
     params += [*match_head.parameters(), word_head.background]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
+                            fused=True)
     warm = max(1, total // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (
-        1 + math.cos(math.pi * min(1.0, s / total))))
+    sched = warmup_cosine(opt, warm, total)
     start = time.perf_counter()
     model.train()
     bar = tqdm(total=total, desc="world vlm", unit="step", mininterval=10)
@@ -449,12 +444,12 @@ def train_vlm(config: VlmTrainConfig, out: str | Path, init: str | Path | None =
                                 distractors=stage.distractors,
                                 needle_distractors=stage.needle_distractors, size=size)
                        for k in needles]
-            hinted = (rng.random(config.batch) < stage.hint) & needles
-            samples = [with_hint(x) if h else x for x, h in zip(samples, hinted)]
+            hint_rows = (rng.random(config.batch) < stage.hint) & needles
+            samples = [with_hint(x) if h else x for x, h in zip(samples, hint_rows)]
             b, ids = make_batch(processor, samples, [_fps(rng) for _ in samples])
             truth = torch.tensor([LETTERS.index(s.question.answer) for s in samples])
             seen = torch.from_numpy(needles)
-            unhinted = seen & ~torch.from_numpy(hinted)
+            unhinted = seen & ~torch.from_numpy(hint_rows)
             loss, z, full = qa_loss(model, match_head, b, ids, truth, seen, config.match_weight)
             if config.word_weight > 0 and bool(seen.any()):
                 word = torch.nn.functional.cross_entropy(
