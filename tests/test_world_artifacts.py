@@ -90,8 +90,10 @@ def test_build_trains_both_models_and_keeps_an_intact_build(tmp_path):
     from videocfr.train.world_clip import ClipTrainConfig
     from videocfr.train.world_vlm import LetterStage, Stage, VisionStage, VlmTrainConfig
 
-    vlm = VlmTrainConfig(vision=VisionStage(2, 2, 56, 2, 2), letters=LetterStage(2, 2),
-                         stages=(Stage(2, (2,)),), batch=2, eval_per_n=2, eval_frames=(2,))
+    vlm = VlmTrainConfig(vision=VisionStage(2, 2, 56, 2, 2),
+                         stages=(Stage(2, (2,), match=False), LetterStage(2, 2, video_batch=2),
+                                 Stage(2, (2,))),
+                         batch=2, eval_per_n=2, eval_frames=(2,))
     record = build(tmp_path, 0, clip_config=ClipTrainConfig(steps=2, batch=4), vlm_config=vlm)
     folder = artifacts.artifact_dir(tmp_path, 0)
     assert record["clip_sha256"] == artifacts.sha256_of(folder / artifacts.CLIP_FILE)

@@ -60,11 +60,11 @@ def build(root: str | os.PathLike = artifacts.DEFAULT_ROOT, seed: int = 0, *,
     clip_config = clip_config or ClipTrainConfig(seed=seed)
     vlm_config = vlm_config or VlmTrainConfig(seed=seed)
     # the two models share nothing: the CLIP trains in a child process beside the VLM (one core
-    # each; each trainer sets its own thread count)
+    # each); once it is done, the VLM's next stages take its core too
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(1, mp_context=ctx) as pool:
         clip_job = pool.submit(train_clip, clip_config, folder / artifacts.CLIP_FILE)
-        vlm_figures = train_vlm(vlm_config, folder / artifacts.VLM_DIR)
+        vlm_figures = train_vlm(vlm_config, folder / artifacts.VLM_DIR, spare_core=clip_job.done)
         clip_figures = clip_job.result()
     record = {
         "world_version": WORLD_VERSION, "seed": seed,

@@ -17,7 +17,9 @@ which colour and which shape it holds ("background" where it holds none).
   the same budget the tower's shape accuracy stays below 0.5 for 1,500 steps (most of a frame is
   background, ~3 labelled tokens of 60); on crops it reaches 0.99 in 2,000 steps of 64 (2.7 min).
 - **Then crops and full frames alternated** (`frame_steps`): the tower meets whole frames (their
-  positions, their background) without losing what the crops taught.
+  positions, their background) without losing what the crops taught. Measured on 118 held-out
+  objects' centre tokens: 2,000 alternated steps give shape 0.94, colour 0.97; 1,000 gave 0.87
+  / 0.93 (docs/world.md).
 
 The head is dropped at save; the tower and the embeddings it shaped stay in the checkpoint.
 """
@@ -60,7 +62,7 @@ class VisionStage:
     crop_steps: int = 2000
     crop_batch: int = 64
     crop_px: int = 56
-    frame_steps: int = 1000
+    frame_steps: int = 2000
     frame_batch: int = 16
     empty: float = 0.1
     lr: float = 1e-3

@@ -9,13 +9,13 @@ logits at the answer position
 quantity trained. Samples without the needle (the answer cannot be seen) are trained toward a
 uniform distribution over the letters, so the margin says "I cannot see it" where it cannot.
 
-Training runs in three parts: the vision stage (`train.world_vision`: the tower taught each
-object's colour and shape per merged token, through logits tied to the words' embeddings), the
-letter stage (`LetterStage`: the letter lookup without vision, the answer as a text hint), then
-the question stages (`STAGES`: two frames with one object, then two or four frames with
-distractors and a fifth of the samples without the needle) with the tower frozen. Measured so
-far: the tower learns shape and colour; the model answers above chance with the needle among four
-frames (0.36 against 0.265 without it), not among eight, far from the targets (docs/world.md).
+Training runs the vision stage (`train.world_vision`: the tower taught each object's colour and
+shape per merged token, through logits tied to the words' embeddings), then the curriculum
+`STAGES` with the tower frozen: reading one object in two frames (letter and answer-word losses),
+the letter lookup without vision (`LetterStage`: the answer as a text hint), one object with every
+loss, then two or four frames with distractors and a fifth of the samples without the needle.
+Measured: the model answers above chance with the needle among four and eight frames, far from
+the targets; finding the asked object among distractors is what stays slow (docs/world.md).
 The tokenizer is the tiny byte-level BPE retrained on the
 world's prompts (`world_tokenizer`: every world word one token), so the sequence stays short.
 
@@ -25,6 +25,8 @@ mechanism (answers when the needle is shown, guesses when not), not a video LLM.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import math
@@ -33,7 +35,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from videocfr.train.optim import warmup_cosine
 from videocfr.train.world_vision import (
     VisionStage,
     WordHead,
@@ -121,26 +122,39 @@ class Stage:
     no_needle: float = 0.0  # fraction of samples without the needle (uniform target)
     size: tuple[float, float] | None = None  # object size from .. to over the stage (None: world's)
     hint: float = 0.0  # fraction of samples whose question ends with "Hint: <answer>." (text only)
-
-
-STAGES: tuple[Stage, ...] = (
-    Stage(300, (2,)),
-    Stage(600, (2, 4), (0, 2), (0, 1), no_needle=0.2),
-)
+    match: bool = True  # the option-match loss on (False: the letter and answer-word losses alone)
 
 
 @dataclass(frozen=True)
 class LetterStage:
-    """The letter lookup without vision: the scorer's letter prompt, text only, the answer given
-    as a hint ("What colour is the triangle? Hint: red."), loss on the four letters' logits plus
-    the option-match loss (`VlmTrainConfig.match_weight`). Measured
-    (benchmarks/world_vlm_probe.py): without the match loss the language model stays at chance
-    for 2,500 steps of 64; with it, this stage ends at 0.92 training accuracy over its last
-    100 steps (600 steps of 32, about a minute on one core)."""
+    """The letter lookup learnt on text: the scorer's letter prompt, the answer given as a hint
+    ("What colour is the triangle? Hint: red."), loss on the four letters' logits plus the
+    option-match loss (`VlmTrainConfig.match_weight`). Beside each text batch, `video_batch`
+    one-object two-frame videos keep the reading (letter and answer-word losses, no match loss,
+    no hint) — the lookup then carries over to what the model reads.
+
+    Measured: text alone (benchmarks/world_vlm_probe.py): without the match loss the language
+    model stays at chance for 2,500 steps of 64; with it, 0.92 after 600 steps of 32. After a
+    reading stage, text alone wiped the reading (answer word 0.95 -> 0.3) and it did not come back
+    in 1,200 further steps; with the video batches beside it, the text lookup reached 0.99 and the
+    video letter 0.83-0.89 within 350 steps, the reading kept at 0.90-0.97 (docs/world.md)."""
 
     steps: int = 600
     batch: int = 32
     lr: float = 2e-3
+    video_batch: int = 16
+
+
+# The curriculum (measured, docs/world.md "The question curriculum"): reading one object first
+# (no match loss), the letter lookup on text beside one-object videos, one object with every
+# loss, then distractors and samples without the needle.
+STAGES: tuple[Stage | LetterStage, ...] = (
+    Stage(300, (2,), match=False),
+    LetterStage(),
+    Stage(400, (2,)),
+    Stage(800, (2, 4), (0, 2), (0, 1), no_needle=0.2),
+)
+READING = Stage(1, (2,), match=False)  # the letter stage's video batches: one object, two frames
 
 
 @dataclass(frozen=True)
@@ -149,11 +163,11 @@ class VlmTrainConfig:
 
     Args:
         vision: the tower taught colour and shape per token first (None: skip it).
-        letters: the letter lookup without vision, first (None: skip it).
-        stages: the curriculum (steps per stage and its sample settings).
+        stages: the curriculum after the vision stage: question stages (`Stage`: steps and
+            sample settings) and the text-only letter lookup (`LetterStage`), in order.
         batch: samples per step.
-        lr: AdamW peak learning rate of the question stages (warmup then cosine over them;
-            measured with the tower frozen: 1e-3 and 2e-3 end alike, docs/world.md).
+        lr: AdamW learning rate of each question stage (its own optimizer, a linear warmup over
+            30 steps, then constant: the settings the curriculum was measured with).
         weight_decay: AdamW weight decay.
         shape: the model's shape (a key of vlm.tiny.SHAPES).
         frame_size: (W, H) of the generated frames.
@@ -165,18 +179,22 @@ class VlmTrainConfig:
             word itself (" red") over the whole vocabulary, on samples that show the needle: it
             trains seeing before matching the seen word to an option's letter (without it a
             from-scratch model sits at chance: two hops, no signal for the first).
-        match_weight: weight of the option-match loss (`qa_loss`), in every stage.
+        match_weight: weight of the option-match loss (`qa_loss`), in every stage that has
+            `match` on.
         train_tower: whether the question stages train the vision tower too. Measured: trained
             there at lr 2e-3, the tower's per-token shape accuracy fell from 0.84 to 0.49 even
             with the vision loss beside the answer's (`make world`, version 3's first build);
             frozen, the question stages learn faster (docs/world.md).
         vision_weight: weight of the vision stage's per-token loss kept in the question stages
             (on the question batch's own frames), where `train_tower` lets them change it.
+        train_embeddings: whether the stages after the vision stage train the input embeddings.
+            False keeps the words where the vision stage tied the tower's tokens to them;
+            measured: trained there, the tokens' shape accuracy through the words fell from
+            0.94 to 0.33-0.50 and the VLM ended at chance in one run of two (docs/world.md).
     """
 
     vision: VisionStage | None = VisionStage()
-    letters: LetterStage | None = LetterStage()
-    stages: tuple[Stage, ...] = STAGES
+    stages: tuple[Stage | LetterStage, ...] = STAGES
     batch: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -190,6 +208,7 @@ class VlmTrainConfig:
     match_weight: float = 1.0
     train_tower: bool = False
     vision_weight: float = 1.0
+    train_embeddings: bool = False
 
 
 def _fps(rng: np.random.Generator) -> float:
@@ -199,16 +218,12 @@ def _fps(rng: np.random.Generator) -> float:
 
 def hinted(question: MCQuestion) -> MCQuestion:
     """The question with "Hint: <answer>." after it: the letter lookup without vision."""
-    import dataclasses
-
     return dataclasses.replace(
         question, question=f"{question.question} Hint: {question.answer_text}.")
 
 
 def with_hint(sample: VideoQA) -> VideoQA:
     """The sample with its question `hinted`."""
-    import dataclasses
-
     return dataclasses.replace(sample, question=hinted(sample.question))
 
 
@@ -298,16 +313,24 @@ def text_batch(tokenizer, questions: list[MCQuestion]):
 
 
 def letter_stage(model, match_head, tokenizer, rng: np.random.Generator, stage: LetterStage,
-                 match_weight: float) -> dict:
-    """The first stage (see `LetterStage`); returns its steps, wall time and training accuracy
-    over its last 100 steps."""
+                 match_weight: float, video=None) -> dict:
+    """The letter stage (see `LetterStage`).
+
+    Args:
+        video: a callable returning (loss, letter hits, answer-word hits) of a fresh video batch,
+            added to each step's text loss (None: text alone).
+
+    Returns:
+        its steps, wall time and training accuracy over its last 100 steps (text; with `video`,
+        the video batches' letter and answer word too).
+    """
     import torch
 
     params = list(model.parameters()) + list(match_head.parameters())
     opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.01)
     warm = max(1, stage.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-    start, hits = time.perf_counter(), []
+    start, hits, letters, words = time.perf_counter(), [], [], []
     model.train()
     for step in range(stage.steps):
         questions = [hinted(make_question(rng, sample_object(rng))) for _ in range(stage.batch)]
@@ -315,6 +338,11 @@ def letter_stage(model, match_head, tokenizer, rng: np.random.Generator, stage: 
         truth = torch.tensor([LETTERS.index(q.answer) for q in questions])
         seen = torch.ones(len(questions), dtype=torch.bool)
         loss, z, _ = qa_loss(model, match_head, batch, ids, truth, seen, match_weight)
+        if video is not None:
+            extra, letter_hits, word_hits = video()
+            loss = loss + extra
+            letters.append(float(np.mean(letter_hits)))
+            words.append(float(np.mean(word_hits)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -322,10 +350,15 @@ def letter_stage(model, match_head, tokenizer, rng: np.random.Generator, stage: 
         sched.step()
         hits.append(float((z.argmax(-1) == truth).float().mean()))
         if (step + 1) % 100 == 0:
-            log.info("letter step %d loss %.4f accuracy %.3f", step + 1, loss.item(),
-                     np.mean(hits[-100:]))
-    return {"steps": stage.steps, "wall_s": round(time.perf_counter() - start, 1),
-            "train_accuracy_last100": float(np.mean(hits[-100:]))}
+            log.info("letter step %d loss %.4f text accuracy %.3f video letter %.3f word %.3f",
+                     step + 1, loss.item(), np.mean(hits[-100:]), np.mean(letters[-100:] or 0),
+                     np.mean(words[-100:] or 0))
+    out = {"steps": stage.steps, "wall_s": round(time.perf_counter() - start, 1),
+           "train_accuracy_last100": float(np.mean(hits[-100:]))}
+    if video is not None:
+        out.update(video_letter_last100=float(np.mean(letters[-100:])),
+                   video_word_last100=float(np.mean(words[-100:])))
+    return out
 
 
 def answer_logits(model, batch):
@@ -368,6 +401,84 @@ def evaluate_needle(model, processor, backgrounds: Backgrounds, rng: np.random.G
     return {"accuracy": right / count, "margin": float(np.mean(margins)), "n": count}
 
 
+def question_loss(model, match_head, word_head, processor, backgrounds: Backgrounds,
+                  rng: np.random.Generator, stage: Stage, config: VlmTrainConfig,
+                  progress: float = 0.0):
+    """The loss of one fresh batch drawn with the stage's settings.
+
+    Args:
+        progress: how far through the stage (0..1): where `stage.size` is between its ends.
+
+    Returns:
+        (loss, letter hits, answer-word hits): the hits bool arrays over the samples that show
+        the needle without a hint.
+    """
+    import torch
+
+    n = int(rng.choice(stage.n_frames))
+    needles = rng.random(config.batch) >= stage.no_needle
+    size = None if stage.size is None else float(
+        stage.size[0] + (stage.size[1] - stage.size[0]) * progress)
+    samples = [video_qa(rng, backgrounds, n, needle=bool(k), distractors=stage.distractors,
+                        needle_distractors=stage.needle_distractors, size=size)
+               for k in needles]
+    hint_rows = (rng.random(config.batch) < stage.hint) & needles
+    samples = [with_hint(x) if h else x for x, h in zip(samples, hint_rows)]
+    b, ids = make_batch(processor, samples, [_fps(rng) for _ in samples])
+    truth = torch.tensor([LETTERS.index(s.question.answer) for s in samples])
+    seen = torch.from_numpy(needles)
+    words = word_ids(processor.tokenizer, samples)
+    match_weight = config.match_weight if stage.match else 0.0
+    loss, z, full = qa_loss(model, match_head, b, ids, truth, seen, match_weight)
+    if config.word_weight > 0 and bool(seen.any()):
+        loss = loss + config.word_weight * torch.nn.functional.cross_entropy(
+            full[seen], words[seen])
+    if config.train_tower and config.vision_weight > 0:
+        labels = group_labels([qa_groups(x) for x in samples], b["video_grid_thw"])
+        loss = loss + config.vision_weight * vision_loss(
+            model, word_head, b["pixel_values_videos"], b["video_grid_thw"], labels)[0]
+    with torch.no_grad():
+        keep = (seen & ~torch.from_numpy(hint_rows)).numpy()
+        return (loss, (z.argmax(-1) == truth).numpy()[keep],
+                (full.argmax(-1) == words).numpy()[keep])
+
+
+def question_stage(model, match_head, word_head, processor, backgrounds: Backgrounds,
+                   rng: np.random.Generator, stage: Stage, config: VlmTrainConfig) -> dict:
+    """One question stage (see `Stage`) with its own AdamW; returns its steps, wall time and
+    training accuracies (letter, answer word) over its last 100 steps, on samples that show
+    the needle without a hint."""
+    import torch
+    from tqdm import tqdm
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    params += [*match_head.parameters(), word_head.background]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 30))
+    start, letter_hits, word_hits = time.perf_counter(), [], []
+    model.train()
+    for i in tqdm(range(stage.steps), desc="world vlm", unit="step", mininterval=10):
+        loss, letters, words = question_loss(model, match_head, word_head, processor,
+                                             backgrounds, rng, stage, config,
+                                             i / max(1, stage.steps - 1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        letter_hits += letters.tolist()
+        word_hits += words.tolist()
+        if (i + 1) % 50 == 0:
+            log.info("step %d loss %.3f train accuracy (needle shown, last 50 steps): letter "
+                     "%.3f, answer word %.3f", i + 1, loss.item(),
+                     np.mean(letter_hits[-50 * config.batch:] or [0]),
+                     np.mean(word_hits[-50 * config.batch:] or [0]))
+    last = 100 * config.batch  # about the last 100 steps' shown-needle samples
+    return {"steps": stage.steps, "wall_s": round(time.perf_counter() - start, 1),
+            "train_letter_last100": float(np.mean(letter_hits[-last:] or [0])),
+            "train_word_last100": float(np.mean(word_hits[-last:] or [0]))}
+
+
 def _save(model, processor, out: Path) -> None:
     """save_pretrained of model and processor into `out` (generation ids set)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -378,20 +489,23 @@ def _save(model, processor, out: Path) -> None:
     processor.save_pretrained(out)
 
 
-def train_vlm(config: VlmTrainConfig, out: str | Path, init: str | Path | None = None) -> dict:
+def train_vlm(config: VlmTrainConfig, out: str | Path, init: str | Path | None = None,
+              spare_core=None) -> dict:
     """Train the world VLM and save it (model + processor) as an HF checkpoint folder.
 
     Args:
         config: the training settings.
         out: the checkpoint folder to write.
         init: a world VLM checkpoint folder to continue from (default: a fresh random model).
+        spare_core: a callable that turns True once a job beside this one has finished; each
+            stage that starts after that runs on `config.threads + 1` threads (measured: a
+            question step takes 0.20 s on two threads against 0.32 s on one).
 
     Returns:
         the figures written to `out/world.json`: world_version, seed, params, steps, wall_s,
         per frame count the held-out accuracy and margin with and without the needle, chance.
     """
     import torch
-    from tqdm import tqdm
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     torch.set_num_threads(config.threads)
@@ -414,75 +528,31 @@ def train_vlm(config: VlmTrainConfig, out: str | Path, init: str | Path | None =
         vision = vision_stage(model, word_head, processor, backgrounds, rng, config.vision,
                               lambda r: video_qa(r, backgrounds, 2))
         log.info("world VLM vision stage: %s", vision)
-    letters = None
-    if config.letters is not None and config.letters.steps > 0:
-        letters = letter_stage(model, match_head, processor.tokenizer, rng, config.letters,
-                               config.match_weight)
-        log.info("world VLM letter stage: %s", letters)
-    if vision is not None or letters is not None:
+    if vision is not None:
         _save(model, processor, Path(out))  # a checkpoint to continue the question stages from
-    total = sum(s.steps for s in config.stages)
-    tower = model.model.visual
-    tower.requires_grad_(config.train_tower)
-    params = [p for p in model.parameters() if p.requires_grad]
-    params += [*match_head.parameters(), word_head.background]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
-                            fused=True)
-    warm = max(1, total // 20)
-    sched = warmup_cosine(opt, warm, total)
+    model.model.visual.requires_grad_(config.train_tower)
+    model.get_input_embeddings().requires_grad_(config.train_embeddings)
     start = time.perf_counter()
-    model.train()
-    bar = tqdm(total=total, desc="world vlm", unit="step", mininterval=10)
-    done, hits, word_hits, seen_count = 0, 0, 0, 0
+    stages = []
     for stage in config.stages:
-        for i in range(stage.steps):
-            n = int(rng.choice(stage.n_frames))
-            needles = rng.random(config.batch) >= stage.no_needle
-            size = None if stage.size is None else float(
-                stage.size[0] + (stage.size[1] - stage.size[0]) * i / max(1, stage.steps - 1))
-            samples = [video_qa(rng, backgrounds, n, needle=bool(k),
-                                distractors=stage.distractors,
-                                needle_distractors=stage.needle_distractors, size=size)
-                       for k in needles]
-            hint_rows = (rng.random(config.batch) < stage.hint) & needles
-            samples = [with_hint(x) if h else x for x, h in zip(samples, hint_rows)]
-            b, ids = make_batch(processor, samples, [_fps(rng) for _ in samples])
-            truth = torch.tensor([LETTERS.index(s.question.answer) for s in samples])
-            seen = torch.from_numpy(needles)
-            unhinted = seen & ~torch.from_numpy(hint_rows)
-            loss, z, full = qa_loss(model, match_head, b, ids, truth, seen, config.match_weight)
-            if config.word_weight > 0 and bool(seen.any()):
-                word = torch.nn.functional.cross_entropy(
-                    full[seen], word_ids(processor.tokenizer, samples)[seen])
-                loss = loss + config.word_weight * word
-            if config.train_tower and config.vision_weight > 0:
-                labels = group_labels([qa_groups(x) for x in samples], b["video_grid_thw"])
-                loss = loss + config.vision_weight * vision_loss(
-                    model, word_head, b["pixel_values_videos"], b["video_grid_thw"], labels)[0]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            bar.update(1)
-            done += 1
-            with torch.no_grad():  # running accuracy on the samples that show the needle
-                hits += int(((z.argmax(-1) == truth) & unhinted).sum())
-                word_hits += int(((full.argmax(-1) == word_ids(processor.tokenizer, samples))
-                                  & unhinted).sum())
-                seen_count += int(unhinted.sum())
-            if done % 50 == 0:
-                log.info("step %d loss %.3f train accuracy (needle shown): letter %.3f, "
-                         "answer word %.3f", done, loss.item(), hits / max(1, seen_count),
-                         word_hits / max(1, seen_count))
-                hits, word_hits, seen_count = 0, 0, 0
+        torch.set_num_threads(config.threads + int(spare_core is not None and spare_core()))
+        if isinstance(stage, LetterStage):
+            video = None if stage.video_batch == 0 else functools.partial(
+                question_loss, model, match_head, word_head, processor, backgrounds, rng,
+                READING, dataclasses.replace(config, batch=stage.video_batch))
+            stages.append(letter_stage(model, match_head, processor.tokenizer, rng, stage,
+                                       config.match_weight, video))
+        else:
+            stages.append(question_stage(model, match_head, word_head, processor, backgrounds,
+                                         rng, stage, config))
+        log.info("world VLM stage %d: %s", len(stages), stages[-1])
         _save(model, processor, Path(out))  # each finished stage: a checkpoint to continue from
-    bar.close()
     wall = time.perf_counter() - start
     figures = {"world_version": WORLD_VERSION, "seed": config.seed,
-               "config": asdict(config), "wall_s": round(wall, 1), "steps": total,
+               "config": asdict(config), "wall_s": round(wall, 1),
+               "steps": sum(s.steps for s in config.stages),
                "params": int(sum(p.numel() for p in model.parameters())),
-               "vision": vision, "letters": letters, "chance": 0.25, "eval": {},
+               "vision": vision, "stages": stages, "chance": 0.25, "eval": {},
                "tokens": evaluate_tokens(model, word_head, processor, [
                    video_qa(held_out, backgrounds, 2) for _ in range(48)])}
     for n in config.eval_frames:
