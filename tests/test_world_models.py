@@ -110,3 +110,19 @@ def test_world_vlm_trains_on_the_scorers_batch_and_loads_as_a_checkpoint(tmp_pat
                  "triangle", "cross", "A", "B", "C", "D"):
         text = word if len(word) == 1 else " " + word
         assert len(tok.encode(text, add_special_tokens=False)) == 1, word
+
+
+def test_freeze_rows_keeps_those_rows_and_trains_the_others():
+    import torch
+    from videocfr.train.world_vlm import freeze_rows
+
+    emb = torch.nn.Embedding(6, 4)
+    before = emb.weight.detach().clone()
+    freeze_rows(emb.weight, [1, 3])
+    opt = torch.optim.Adam(emb.parameters(), lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        (emb(torch.arange(6)) ** 2).sum().backward()
+        opt.step()
+    assert torch.equal(emb.weight[[1, 3]], before[[1, 3]])
+    assert not torch.isclose(emb.weight[[0, 2, 4, 5]], before[[0, 2, 4, 5]]).any()

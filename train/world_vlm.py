@@ -187,10 +187,11 @@ class VlmTrainConfig:
             frozen, the question stages learn faster (docs/world.md).
         vision_weight: weight of the vision stage's per-token loss kept in the question stages
             (on the question batch's own frames), where `train_tower` lets them change it.
-        train_embeddings: whether the stages after the vision stage train the input embeddings.
-            False keeps the words where the vision stage tied the tower's tokens to them;
-            measured: trained there, the tokens' shape accuracy through the words fell from
-            0.94 to 0.33-0.50 and the VLM ended at chance in one run of two (docs/world.md).
+        train_embeddings: whether the stages after the vision stage train the colour and shape
+            words' input embeddings. False keeps them where the vision stage tied the tower's
+            tokens to them (the other tokens' embeddings train); measured: trained there, the
+            tokens' shape accuracy through the words fell from 0.94 to 0.33-0.50, and the VLM
+            ended at chance in one run of two (docs/world.md).
     """
 
     vision: VisionStage | None = VisionStage()
@@ -479,6 +480,17 @@ def question_stage(model, match_head, word_head, processor, backgrounds: Backgro
             "train_word_last100": float(np.mean(word_hits[-last:] or [0]))}
 
 
+def freeze_rows(weight, rows: list[int]) -> None:
+    """Keep these rows of an embedding matrix fixed under any optimizer: their gradient is zeroed
+    by a hook (Adam's update of a zero gradient is zero; AdamW's decoupled decay still shrinks
+    them by lr x weight_decay a step: 1e-5 to 2e-5 here)."""
+    import torch
+
+    mask = torch.ones(weight.shape[0], 1, dtype=weight.dtype)
+    mask[rows] = 0
+    weight.register_hook(lambda grad: grad * mask)
+
+
 def _save(model, processor, out: Path) -> None:
     """save_pretrained of model and processor into `out` (generation ids set)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -531,7 +543,9 @@ def train_vlm(config: VlmTrainConfig, out: str | Path, init: str | Path | None =
     if vision is not None:
         _save(model, processor, Path(out))  # a checkpoint to continue the question stages from
     model.model.visual.requires_grad_(config.train_tower)
-    model.get_input_embeddings().requires_grad_(config.train_embeddings)
+    if not config.train_embeddings:
+        freeze_rows(model.get_input_embeddings().weight, word_token_ids(
+            processor.tokenizer, [*COLOURS, *SHAPES]))
     start = time.perf_counter()
     stages = []
     for stage in config.stages:
