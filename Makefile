@@ -44,11 +44,12 @@ train: install
 # trains the models when missing (cached under WORLD_ROOT). The last line printed is the figure:
 # vniah_world n=8 chance= uniform= random= novelty= prior= prior_random_clip= qa_uniform= qa_prior=
 # A world result is evidence about the mechanism, not a benchmark number.
-VNIAH_DIR ?= runs/vniah-world
 VNIAH_GRID ?= --lengths 50,130,210 --depths 0,0.2,0.4,0.6,0.8,1.0 --seed 1
 WORLD_ROOT ?= caches/world
 WORLD_SEED ?= 0
 WORLD_DIR = $(WORLD_ROOT)/v$(shell $(BIN)/python -c "from videocfr.world.objects import WORLD_VERSION as v; print(v)" 2>/dev/null)-seed$(WORLD_SEED)
+# one folder per world build: a cache precomputed with another version's CLIP is refused
+VNIAH_DIR ?= runs/vniah-world-$(notdir $(WORLD_DIR))
 
 evaluate: install world
 	$(BIN)/videocfr evaluate vniah build $(VNIAH_DIR) $(VNIAH_GRID)
