@@ -65,6 +65,12 @@ def warmup_cosine(optimizer, warmup: int, total: int):
                                              * (1 + math.cos(math.pi * min(1.0, s / total))))
 
 
+def warmup(optimizer, steps: int):
+    """A LambdaLR for the world models' trainers: a linear warmup over `steps` steps, then
+    constant."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / steps))
+
+
 def set_lr(optimizer, lr: float) -> None:
     """Set every parameter group's rate (a DeepSpeed ZeRO optimizer exposes its groups too)."""
     for group in optimizer.param_groups:
