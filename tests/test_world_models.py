@@ -84,6 +84,7 @@ def test_world_vlm_trains_on_the_scorers_batch_and_loads_as_a_checkpoint(tmp_pat
         VisionStage,
         VlmTrainConfig,
         make_batch,
+        option_positions,
         train_vlm,
     )
     from videocfr.vlm.scorer import FrozenScorer, ScoreItem, letter_prompt
@@ -99,17 +100,44 @@ def test_world_vlm_trains_on_the_scorers_batch_and_loads_as_a_checkpoint(tmp_pat
     rng = np.random.default_rng(0)
     s = video_qa(rng, Backgrounds(size=(224, 126)), 4)
     item = ScoreItem(s.frames, s.question.question, s.question.options, s.question.answer)
-    ours, _ = make_batch(scorer.processor, [s], [1.0])
+    ours, ours_letters = make_batch(scorer.processor, [s], [1.0])
     theirs = scorer.batch_inputs([item], [letter_prompt(item.question, item.options)])
     assert torch.equal(ours["input_ids"], theirs["input_ids"])  # the very prompt it is scored on
     assert torch.equal(ours["pixel_values_videos"], theirs["pixel_values_videos"])
+    tok = scorer.processor.tokenizer
+    ids = theirs["input_ids"][0].tolist()
+    before_video = tok.decode(ids[:ids.index(tok.convert_tokens_to_ids("<|vision_start|>"))])
+    after_video = tok.decode(ids[ids.index(tok.convert_tokens_to_ids("<|vision_end|>")):])
+    for text in (before_video, after_video):  # the checkpoint's own layout: text around the video
+        assert item.question in text and "Options:" in text
+    rows, cols, which = option_positions(ours["input_ids"], ours_letters[0].tolist())
+    end = ids.index(tok.convert_tokens_to_ids("<|vision_end|>"))
+    assert sorted(which.tolist()) == [0, 1, 2, 3] and (cols > end).all()  # the copy that sees
+    assert [tok.decode(ids[c]).strip() for c in cols] == [
+        next(o[3:] for o in item.options if o[0] == "ABCD"[k]) for k in which.tolist()]
     (z,) = scorer.option_logits([item])
     assert z.shape == (4,) and np.isfinite(z).all()
-    tok = scorer.processor.tokenizer
     for word in ("red", "green", "blue", "yellow", "magenta", "cyan", "circle", "square",
                  "triangle", "cross", "A", "B", "C", "D"):
         text = word if len(word) == 1 else " " + word
         assert len(tok.encode(text, add_special_tokens=False)) == 1, word
+
+
+def test_text_around_template_shows_the_text_before_and_after_the_video():
+    from videocfr.vlm.prompts import chat_messages
+    from videocfr.vlm.tiny import CHAT_TEMPLATE, chat_template, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    messages = [*chat_messages("Is it red?"), {"role": "assistant", "content": "A"}]
+    qwen = tok.apply_chat_template(messages, tokenize=False, chat_template=CHAT_TEMPLATE)
+    around = tok.apply_chat_template(messages, tokenize=False,
+                                     chat_template=chat_template(text_around=True))
+    video = "<|vision_start|><|video_pad|><|vision_end|>"
+    assert f"user\n{video}Is it red?<|im_end|>" in qwen
+    assert around == qwen.replace(f"{video}Is it red?", f"Is it red?{video}Is it red?")
+    text = [{"role": "user", "content": [{"type": "text", "text": "Is it red?"}]}]
+    assert tok.apply_chat_template(text, tokenize=False, chat_template=chat_template(
+        text_around=True)) == tok.apply_chat_template(text, tokenize=False)  # no video: once
 
 
 def test_freeze_rows_keeps_those_rows_and_trains_the_others():

@@ -216,7 +216,8 @@ def _videos(video_processor, videos):
 
 
 def vision_stage(model, head: WordHead, processor, backgrounds: Backgrounds,
-                 rng: np.random.Generator, stage: VisionStage, frame_sample) -> dict:
+                 rng: np.random.Generator, stage: VisionStage, frame_sample,
+                 spare_core=None) -> dict:
     """Teach the tower colour and shape per token (crops, then crops and frames alternated).
 
     Args:
@@ -226,6 +227,8 @@ def vision_stage(model, head: WordHead, processor, backgrounds: Backgrounds,
         rng: the data stream.
         stage: the settings.
         frame_sample: rng -> VideoQA of two frames (the full-frame batches' samples).
+        spare_core: a callable that turns True once a job beside this one has finished: from
+            then on the stage runs on one more torch thread (checked every 50 steps).
 
     Returns:
         steps, wall_s and the accuracies over the last 100 steps of each part.
@@ -242,6 +245,9 @@ def vision_stage(model, head: WordHead, processor, backgrounds: Backgrounds,
     start, hist = time.perf_counter(), {"crop": [], "frame": []}
     model.train()
     for step in range(total):
+        if spare_core is not None and step % 50 == 0 and spare_core():
+            torch.set_num_threads(torch.get_num_threads() + 1)
+            spare_core = None
         if step < stage.crop_steps or step % 2 == 0:
             kind, (videos, objects) = "crop", crop_batch(rng, backgrounds, stage, frame_hw)
             x = _videos(crops, videos)

@@ -50,7 +50,7 @@ from videocfr.train.world_vision import (
 )
 from videocfr.vlm.prompts import chat_messages
 from videocfr.vlm.scorer import letter_prompt
-from videocfr.vlm.tiny import CHAT_TEMPLATE, tiny_config, tiny_processor, tiny_tokenizer
+from videocfr.vlm.tiny import chat_template, tiny_config, tiny_processor, tiny_tokenizer
 from videocfr.world.captions import ASKED, LETTERS, QUESTION_TEMPLATES, MCQuestion, make_question
 from videocfr.world.frames import Backgrounds
 from videocfr.world.objects import (
@@ -87,12 +87,13 @@ def world_tokenizer(seed: int = 0, vocab_size: int = 512):
     """The tiny byte-level tokenizer retrained (BPE merges) on world prompts.
 
     Returns:
-        PreTrainedTokenizerFast with the same byte alphabet, Qwen special tokens and chat
-        template as `tiny_tokenizer()`; option letters stay one token each.
+        PreTrainedTokenizerFast with the same byte alphabet and Qwen special tokens as
+        `tiny_tokenizer()`, the text-around chat template (`world_processor`); option letters
+        stay one token each.
     """
     base = tiny_tokenizer()
     tok = base.train_new_from_iterator(world_corpus(np.random.default_rng(seed)), vocab_size)
-    tok.chat_template = CHAT_TEMPLATE
+    tok.chat_template = chat_template(text_around=True)
     tok.padding_side = "left"
     for letter in LETTERS[:4]:
         if len(tok.encode(letter, add_special_tokens=False)) != 1:
@@ -101,7 +102,10 @@ def world_tokenizer(seed: int = 0, vocab_size: int = 512):
 
 
 def world_processor(seed: int = 0):
-    """A Qwen2.5-VL processor with the world tokenizer and the world pixel budget."""
+    """A Qwen2.5-VL processor with the world tokenizer, the world pixel budget and a chat template
+    that puts the question before the video (`chat_template(text_around=True)`): the video tokens
+    can attend to the asked key, which made finding the asked object among distractors learnable
+    (docs/world.md, version 5)."""
     from transformers import Qwen2_5_VLProcessor
 
     base = tiny_processor()
@@ -111,7 +115,7 @@ def world_processor(seed: int = 0):
     return Qwen2_5_VLProcessor(image_processor=base.image_processor,
                                tokenizer=world_tokenizer(seed),
                                video_processor=base.video_processor,
-                               chat_template=CHAT_TEMPLATE)
+                               chat_template=chat_template(text_around=True))
 
 
 @dataclass(frozen=True)
@@ -150,14 +154,13 @@ class LetterStage:
     video_batch: int = 16
 
 
-# The curriculum (measured, docs/world.md "The question curriculum"): reading one object first
-# (no match loss), the letter lookup on text beside one-object videos, one object with every
-# loss, then distractors and samples without the needle.
+# The curriculum (measured, docs/world.md "Version 5: the question around the video"): with the
+# question before and after the video (`world_processor`), reading among distractors with the
+# letter and answer-word losses, then every loss and a fifth of the samples without the needle.
+# The letter lookup needs no stage of its own in this layout (`LetterStage` stays available).
 STAGES: tuple[Stage | LetterStage, ...] = (
-    Stage(300, (2,), match=False),
-    LetterStage(),
-    Stage(400, (2,)),
-    Stage(800, (2, 4), (0, 2), (0, 1), no_needle=0.2),
+    Stage(300, (2, 4), (0, 2), (0, 1), match=False),
+    Stage(1700, (2, 4), (0, 2), (0, 1), no_needle=0.2),
 )
 READING = Stage(1, (2,), match=False)  # the letter stage's video batches: one object, two frames
 
@@ -258,19 +261,17 @@ def make_batch(processor, samples: list[VideoQA], fps: list[float]):
 
 def option_positions(input_ids, letter_ids):
     """(rows, cols, option index) of every option's word: the token after "<letter>." in the
-    options block (each world word is one token)."""
+    last options block of each row (each world word is one token; the text-around template
+    shows the options before and after the video, and only the copy after it can see it)."""
     import torch
 
     letters = torch.tensor(letter_ids)
     is_letter = torch.isin(input_ids[:, :-2], letters)
-    at = is_letter.nonzero()
-    rows, cols, which = [], [], []
-    for r, c in at.tolist():
-        k = letter_ids.index(int(input_ids[r, c]))
-        rows.append(r)
-        cols.append(c + 2)
-        which.append(k)
-    return torch.tensor(rows), torch.tensor(cols), torch.tensor(which)
+    last = {}
+    for r, c in is_letter.nonzero().tolist():
+        last[r, letter_ids.index(int(input_ids[r, c]))] = c + 2
+    rows, which = zip(*last) if last else ((), ())
+    return torch.tensor(rows), torch.tensor(list(last.values())), torch.tensor(which)
 
 
 def qa_loss(model, match_head, batch, letter_ids, truth, seen, match_weight: float):
@@ -513,9 +514,10 @@ def train_vlm(config: VlmTrainConfig, out: str | Path, init: str | Path | None =
         config: the training settings.
         out: the checkpoint folder to write.
         init: a world VLM checkpoint folder to continue from (default: a fresh random model).
-        spare_core: a callable that turns True once a job beside this one has finished; each
-            stage that starts after that runs on `config.threads + 1` threads (measured: a
-            question step takes 0.20 s on two threads against 0.32 s on one).
+        spare_core: a callable that turns True once a job beside this one has finished; from
+            then on the vision stage, and each stage that starts after that, run on
+            `config.threads + 1` threads (measured: a question step takes 0.20 s on two threads
+            against 0.32 s on one).
 
     Returns:
         the figures written to `out/world.json`: world_version, seed, params, steps, wall_s,
@@ -542,7 +544,7 @@ def train_vlm(config: VlmTrainConfig, out: str | Path, init: str | Path | None =
     vision = None
     if config.vision is not None:
         vision = vision_stage(model, word_head, processor, backgrounds, rng, config.vision,
-                              lambda r: video_qa(r, backgrounds, 2))
+                              lambda r: video_qa(r, backgrounds, 2), spare_core)
         log.info("world VLM vision stage: %s", vision)
     if vision is not None:
         _save(model, processor, Path(out))  # a checkpoint to continue the question stages from

@@ -52,27 +52,56 @@ VISION_TOKENS: tuple[str, ...] = (
     "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"
 )
 
-# Qwen2-VL's chat template (as shipped with Qwen2.5-VL-*-Instruct), minus tool calling.
-CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+_IMAGE = "content['type'] == 'image' or 'image' in content or 'image_url' in content"
+_VIDEO = "content['type'] == 'video' or 'video' in content"
+_VISION_ITEMS = (
+    f"{{% if {_IMAGE} %}}"
     "{% set image_count.value = image_count.value + 1 %}"
     "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
     "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
+    f"{{% elif {_VIDEO} %}}"
     "{% set video_count.value = video_count.value + 1 %}"
     "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
     "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
-    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+def chat_template(text_around: bool = False) -> str:
+    """Qwen2-VL's chat template (as shipped with Qwen2.5-VL-*-Instruct), minus tool calling.
+
+    Args:
+        text_around: render a message that has images or videos as its text, then its images
+            and videos, then its text again (False: the items in the message's order, as Qwen's
+            template does). The world VLM is trained on this layout (`train.world_vlm`): the
+            vision tokens can attend to the question, and the answer still reads it after them.
+    """
+    texts = (f"{{% for content in message['content'] %}}{{% if not ({_IMAGE}) and not "
+             f"({_VIDEO}) and 'text' in content %}}{{{{ content['text'] }}}}{{% endif %}}"
+             "{% endfor %}")
+    if text_around:
+        items = ("{% set vision = namespace(count=0) %}"
+                 f"{{% for content in message['content'] %}}{{% if ({_IMAGE}) or ({_VIDEO}) %}}"
+                 "{% set vision.count = vision.count + 1 %}{% endif %}{% endfor %}"
+                 f"{texts}{{% if vision.count > 0 %}}"
+                 f"{{% for content in message['content'] %}}{_VISION_ITEMS}{{% endif %}}"
+                 f"{{% endfor %}}{texts}{{% endif %}}")
+    else:
+        items = ("{% for content in message['content'] %}"
+                 f"{_VISION_ITEMS}{{% elif 'text' in content %}}{{{{ content['text'] }}}}"
+                 "{% endif %}{% endfor %}")
+    return (
+        "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+        "{% for message in messages %}"
+        "{% if loop.first and message['role'] != 'system' %}"
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+        "<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+        f"{{% else %}}{items}<|im_end|>\n{{% endif %}}{{% endfor %}}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+
+
+CHAT_TEMPLATE = chat_template()
 
 # Pixel budget per frame: 28*28 .. 28*28*6, i.e. 1..6 merged tokens per temporal group.
 TINY_MIN_PIXELS = 28 * 28
