@@ -93,7 +93,7 @@ def test_world_vlm_trains_on_the_scorers_batch_and_loads_as_a_checkpoint(tmp_pat
     config = VlmTrainConfig(vision=VisionStage(2, 2, 56, 2, 2),
                             stages=(Stage(2, (2,), match=False), LetterStage(2, 2, video_batch=2),
                                     Stage(2, (2,))),
-                            batch=2, eval_per_n=2, eval_frames=(2,))
+                            batch=2, eval_per_n=2, eval_frames=(2,), text_around=True)
     figures = train_vlm(config, tmp_path / "vlm")
     assert set(figures["eval"]["2"]) == {"needle", "no_needle"}
     scorer = FrozenScorer.from_pretrained(tmp_path / "vlm", batch_size=2)

@@ -4,22 +4,26 @@ The model reads n frames and a multiple-choice question about one object ("What 
 triangle?"); the asked object is in one frame, distractors that never share the asked key are in
 the others. It is trained on the frozen scorer's exact prompt (question, "Options:", the options,
 the letter instruction: `vlm.scorer.letter_prompt`), with the loss on the option letters'
-logits at the answer position
-— the logits `FrozenScorer.option_logits` reads — so the scorer's margin is the
-quantity trained. Samples without the needle (the answer cannot be seen) are trained toward a
-uniform distribution over the letters, so the margin says "I cannot see it" where it cannot.
+logits at the answer position — the logits `FrozenScorer.option_logits` reads — so the scorer's
+margin is the quantity trained. Samples without the needle (the answer cannot be seen) are
+trained toward a uniform distribution over the letters, so the margin says "I cannot see it"
+where it cannot.
 
 Training runs the vision stage (`train.world_vision`: the tower taught each object's colour and
 shape per merged token, through logits tied to the words' embeddings), then the curriculum
 `STAGES` with the tower frozen: reading one object in two frames (letter and answer-word losses),
 the letter lookup (`LetterStage`: the answer as a text hint, one-object videos beside the text),
 one object with every loss, then two or four frames with distractors and a fifth of the samples
-without the needle.
-Measured (`make world`, version 4): held out, 0.425 with the needle among four frames against
-0.295 without it, 0.300 / 0.235 among eight; far from the targets. Finding the asked object among
-distractors stays slow, and the letter stage's hop is fragile from run to run (docs/world.md).
-The tokenizer is the tiny byte-level BPE retrained on the
-world's prompts (`world_tokenizer`: every world word one token), so the sequence stays short.
+without the needle. Measured (`make world`, version 4): held out, 0.425 with the needle among
+four frames against 0.295 without it, 0.300 / 0.235 among eight; far from the targets.
+
+`VlmTrainConfig.text_around` puts the question both before and after the video
+(`chat_template(text_around=True)`), so the video tokens can attend to the asked key. From a
+language model that already read one object, it learnt the find among distractors faster than
+the video-first layout; from a fresh one the letter lookup did not form in the runs made so far,
+so it is not the default (docs/world.md, "The question around the video"). The tokenizer is the
+tiny byte-level BPE retrained on the world's prompts (`world_tokenizer`: every world word one
+token), so the sequence stays short.
 
 What it leaves out: any language ability beyond the world's questions; it is evidence about the
 mechanism (answers when the needle is shown, guesses when not), not a video LLM.
@@ -83,17 +87,17 @@ def world_corpus(rng: np.random.Generator, n: int = 400) -> list[str]:
     return texts
 
 
-def world_tokenizer(seed: int = 0, vocab_size: int = 512):
+def world_tokenizer(seed: int = 0, vocab_size: int = 512, text_around: bool = False):
     """The tiny byte-level tokenizer retrained (BPE merges) on world prompts.
 
     Returns:
         PreTrainedTokenizerFast with the same byte alphabet and Qwen special tokens as
-        `tiny_tokenizer()`, the text-around chat template (`world_processor`); option letters
-        stay one token each.
+        `tiny_tokenizer()`, Qwen's chat template (`text_around`: the question before and after
+        the video, `world_processor`); option letters stay one token each.
     """
     base = tiny_tokenizer()
     tok = base.train_new_from_iterator(world_corpus(np.random.default_rng(seed)), vocab_size)
-    tok.chat_template = chat_template(text_around=True)
+    tok.chat_template = chat_template(text_around)
     tok.padding_side = "left"
     for letter in LETTERS[:4]:
         if len(tok.encode(letter, add_special_tokens=False)) != 1:
@@ -101,11 +105,15 @@ def world_tokenizer(seed: int = 0, vocab_size: int = 512):
     return tok
 
 
-def world_processor(seed: int = 0):
-    """A Qwen2.5-VL processor with the world tokenizer, the world pixel budget and a chat template
-    that puts the question before the video (`chat_template(text_around=True)`): the video tokens
-    can attend to the asked key, which made finding the asked object among distractors learnable
-    (docs/world.md, version 5)."""
+def world_processor(seed: int = 0, text_around: bool = False):
+    """A Qwen2.5-VL processor with the world tokenizer and the world pixel budget.
+
+    Args:
+        text_around: a chat template that puts the question both before and after the video
+            (`chat_template(text_around=True)`): the video tokens can attend to the asked key,
+            and the options after the video can be matched against what was seen. The layout
+            is saved with the checkpoint, so every path that prompts the model uses it.
+    """
     from transformers import Qwen2_5_VLProcessor
 
     base = tiny_processor()
@@ -113,9 +121,9 @@ def world_processor(seed: int = 0):
     base.image_processor.size = dict(size)
     base.video_processor.size = dict(size)
     return Qwen2_5_VLProcessor(image_processor=base.image_processor,
-                               tokenizer=world_tokenizer(seed),
+                               tokenizer=world_tokenizer(seed, text_around=text_around),
                                video_processor=base.video_processor,
-                               chat_template=chat_template(text_around=True))
+                               chat_template=chat_template(text_around))
 
 
 @dataclass(frozen=True)
@@ -140,12 +148,13 @@ class LetterStage:
     one-object two-frame videos keep the reading (letter and answer-word losses, no match loss,
     no hint) — the lookup then carries over to what the model reads.
 
-    Measured: text alone (benchmarks/world_vlm_probe.py): without the match loss the language
+    Measured with the video before the question (version 4): text alone
+    (benchmarks/world_vlm_probe.py): without the match loss the language
     model stays at chance for 2,500 steps of 64; with it, 0.92 after 600 steps of 32. After a
     reading stage, text alone wiped the reading (answer word 0.95 -> 0.13); it came back in one
     run of two. With the video batches beside it the reading stays (0.90-0.97); whether the
     lookup carries over to the videos varied: video letter 0.83-0.89 within 350 steps in two
-    runs that had seen hinted videos before, 0.70, 0.31 and 0.29 (the shipped build) after a
+    runs that had seen hinted videos before, 0.70, 0.31 and 0.29 (version 4's build) after a
     plain reading stage (docs/world.md)."""
 
     steps: int = 600
@@ -154,13 +163,14 @@ class LetterStage:
     video_batch: int = 16
 
 
-# The curriculum (measured, docs/world.md "Version 5: the question around the video"): with the
-# question before and after the video (`world_processor`), reading among distractors with the
-# letter and answer-word losses, then every loss and a fifth of the samples without the needle.
-# The letter lookup needs no stage of its own in this layout (`LetterStage` stays available).
+# The curriculum (measured, docs/world.md "The question curriculum"): reading one object first
+# (no match loss), the letter lookup on text beside one-object videos, one object with every
+# loss, then distractors and samples without the needle.
 STAGES: tuple[Stage | LetterStage, ...] = (
-    Stage(300, (2, 4), (0, 2), (0, 1), match=False),
-    Stage(1700, (2, 4), (0, 2), (0, 1), no_needle=0.2),
+    Stage(300, (2,), match=False),
+    LetterStage(),
+    Stage(400, (2,)),
+    Stage(800, (2, 4), (0, 2), (0, 1), no_needle=0.2),
 )
 READING = Stage(1, (2,), match=False)  # the letter stage's video batches: one object, two frames
 
@@ -200,6 +210,8 @@ class VlmTrainConfig:
             tokens to them (the other tokens' embeddings train); measured: trained there, the
             tokens' shape accuracy through the words fell from 0.94 to 0.33-0.50, and the VLM
             ended at chance in one run of two (docs/world.md).
+        text_around: the question before and after the video (`world_processor`); a fresh
+            model only (a checkpoint to continue from keeps its own template).
     """
 
     vision: VisionStage | None = VisionStage()
@@ -218,6 +230,7 @@ class VlmTrainConfig:
     train_tower: bool = False
     vision_weight: float = 1.0
     train_embeddings: bool = False
+    text_around: bool = False
 
 
 def _fps(rng: np.random.Generator) -> float:
@@ -529,7 +542,7 @@ def train_vlm(config: VlmTrainConfig, out: str | Path, init: str | Path | None =
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     if init is None:
-        processor = world_processor(config.seed)
+        processor = world_processor(config.seed, config.text_around)
         model = Qwen2_5_VLForConditionalGeneration(tiny_config(processor.tokenizer, config.shape))
     else:
         from transformers import AutoProcessor

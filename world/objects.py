@@ -21,7 +21,7 @@ import numpy as np
 # Bump whenever what the generator draws or says changes (shapes, colours, bounds, drawing,
 # templates, sample layout) or the world models' architectures do: world models trained under
 # another version refuse to load.
-WORLD_VERSION = 5
+WORLD_VERSION = 4
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 COLOURS: dict[str, tuple[int, int, int]] = {
