@@ -236,10 +236,10 @@ class RolloutConfig:
 
     Args:
         engine: "shared_prefill" (one prefill of each prompt, vision tower included, its KV
-            cache shared by the G completions) or "generate" (HF generate: the prompt and its
-            video run G times); see train.engines for what another engine must honour.
+            cache shared by the G completions) or "generate" (HF generate: the prompt prefilled
+            G times); see train.engines for what another engine must honour.
         vision_once: the policy and reference forwards run the vision tower once per prompt
-            and share its embeddings among the G rows (false: once per row, as generate does).
+            and share its embeddings among the G rows (false: once per row).
     """
 
     engine: str = "shared_prefill"

@@ -3,8 +3,9 @@
 An engine is one method, `rollout(model, processor, prompts, num_generations, sampling)`, that
 returns the `train.rollout.Rollout` the step trains on. Two are built in:
 
-    generate        HF `generate(num_return_sequences=G)`: the inputs are expanded to B·G rows
-                    before the prefill, so the vision tower and the prompt prefill run B·G times.
+    generate        HF `generate(num_return_sequences=G)`: the prompt prefill runs B·G times
+                    (transformers 5.25 encodes each video once and expands the tower's output,
+                    `mm_encoder_outputs`; older versions ran the tower B·G times too).
     shared_prefill  one prefill of the B prompts (vision tower included), its KV cache expanded
                     to B·G rows, then the decode loop samples as generate does (the same HF
                     logits processors in the same order, then softmax and multinomial).
@@ -99,7 +100,8 @@ class RolloutEngine(Protocol):
 
 
 class GenerateEngine:
-    """HF generate with num_return_sequences=G (the prompt and its video run G times)."""
+    """HF generate with num_return_sequences=G (the prompt prefilled G times; the video
+    encoded once on transformers 5.25, G times on older versions)."""
 
     name = "generate"
 
