@@ -24,10 +24,10 @@ cf_share <= 0.02), then `train_step_speed step_speedup=<old/new>`.
 --size vision is Qwen2.5-VL's real vision tower (32 layers, width 1280, 670M parameters) with a
 2-layer LLM and K = 16 frames of 56x56 (128 patches a video): the tower is most of a forward, as
 in a real video prompt, and a CPU run shows the ratios. At K = 4 (32 patches) the tower's matrix
-products are bound by reading its weights, which no real video prompt is (measured: README). It times the phases of one micro-batch directly (engine rollout,
-policy forward, backward + SGD step, reference forward with the policy's weights), the two paths
-alternated in one process, and prints the medians, the tower's measured share of a per-row
-forward, the FLOP bound (ViT + LLM) / (ViT/G + LLM) and
+products are bound by reading its weights, which no real video prompt is (measured: README).
+It times the phases of one micro-batch directly (engine rollout, policy forward, backward + SGD
+step, reference forward with the policy's weights), the two paths alternated in one process,
+and prints the medians, the tower's measured share of a per-row forward, the FLOP bound (ViT + LLM) / (ViT/G + LLM) and
 `train_step_speed vision_once_forward_speedup=<f> prefill_once_rollout_speedup=<f>
 step_speedup=<f>`.
 
