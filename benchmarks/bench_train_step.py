@@ -27,7 +27,8 @@ in a real video prompt, and a CPU run shows the ratios. At K = 4 (32 patches) th
 products are bound by reading its weights, which no real video prompt is (measured: README).
 It times the phases of one micro-batch directly (engine rollout, policy forward, backward + SGD
 step, reference forward with the policy's weights), the two paths alternated in one process,
-and prints the medians, the tower's measured share of a per-row forward, the FLOP bound (ViT + LLM) / (ViT/G + LLM) and
+and prints the medians, the tower's measured share of a per-row forward, the FLOP bound
+(ViT + LLM) / (ViT/G + LLM) and
 `train_step_speed vision_once_forward_speedup=<f> prefill_once_rollout_speedup=<f>
 step_speedup=<f>`.
 
