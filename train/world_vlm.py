@@ -18,10 +18,10 @@ without the needle. Measured (`make world`, version 4): held out, 0.425 with the
 four frames against 0.295 without it, 0.300 / 0.235 among eight; far from the targets.
 
 `VlmTrainConfig.text_around` puts the question both before and after the video
-(`chat_template(text_around=True)`), so the video tokens can attend to the asked key. From a
-language model that already read one object, it learnt the find among distractors faster than
-the video-first layout; from a fresh one the letter lookup did not form in the runs made so far,
-so it is not the default (docs/world.md, "The question around the video"). The tokenizer is the
+(`chat_template(text_around=True)`), so the video tokens can attend to the asked key. From an
+earlier experiment's partly trained language model it learnt the find among distractors faster
+than the video-first layout; from a fresh one the letter lookup did not form in eight runs, so
+it is not the default (docs/world.md, "The question around the video"). The tokenizer is the
 tiny byte-level BPE retrained on the world's prompts (`world_tokenizer`: every world word one
 token), so the sequence stays short.
 
