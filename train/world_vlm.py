@@ -120,10 +120,10 @@ def world_processor(seed: int = 0, text_around: bool = False):
     size = {"shortest_edge": WORLD_MIN_PIXELS, "longest_edge": WORLD_MAX_PIXELS}
     base.image_processor.size = dict(size)
     base.video_processor.size = dict(size)
-    return Qwen2_5_VLProcessor(image_processor=base.image_processor,
-                               tokenizer=world_tokenizer(seed, text_around=text_around),
+    tokenizer = world_tokenizer(seed, text_around=text_around)
+    return Qwen2_5_VLProcessor(image_processor=base.image_processor, tokenizer=tokenizer,
                                video_processor=base.video_processor,
-                               chat_template=chat_template(text_around))
+                               chat_template=tokenizer.chat_template)
 
 
 @dataclass(frozen=True)

@@ -72,8 +72,9 @@ def chat_template(text_around: bool = False) -> str:
     Args:
         text_around: render a message that has images or videos as its text, then its images
             and videos, then its text again (False: the items in the message's order, as Qwen's
-            template does). The world VLM is trained on this layout (`train.world_vlm`): the
-            vision tokens can attend to the question, and the answer still reads it after them.
+            template does). The world VLM can be trained on this layout
+            (`VlmTrainConfig.text_around`): the vision tokens can attend to the question, and
+            the answer still reads it after them.
     """
     texts = (f"{{% for content in message['content'] %}}{{% if not ({_IMAGE}) and not "
              f"({_VIDEO}) and 'text' in content %}}{{{{ content['text'] }}}}{{% endif %}}"
