@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 from videocfr.train.optim import warmup
+from videocfr.train.world_pool import VideoPool, reuse_fresh, truth_and_letters
+from videocfr.train.world_pool import text_batch as pooled_batch
 from videocfr.train.world_vision import (
     VisionStage,
     WordHead,
@@ -212,6 +214,10 @@ class VlmTrainConfig:
             ended at chance in one run of two (docs/world.md).
         text_around: the question before and after the video (`world_processor`); a fresh
             model only (a checkpoint to continue from keeps its own template).
+        reuse: how many times, on average, a question stage shows each video it encodes, each
+            time with a new question (`train.world_pool`); 1 encodes a fresh batch every step.
+            Only with the tower frozen (`train_tower` False) and stages without a moving size.
+        pool_size: encoded videos a stage keeps per frame count when `reuse` > 1.
     """
 
     vision: VisionStage | None = VisionStage()
@@ -231,6 +237,8 @@ class VlmTrainConfig:
     vision_weight: float = 1.0
     train_embeddings: bool = False
     text_around: bool = False
+    reuse: float = 1.0
+    pool_size: int = 256
 
 
 def _fps(rng: np.random.Generator) -> float:
@@ -392,13 +400,6 @@ def letter_logits(model, batch, letter_ids):
     return torch.gather(answer_logits(model, batch), 1, letter_ids)
 
 
-def word_ids(tokenizer, samples: list[VideoQA]):
-    """int64 [B]: the one token of each answer word with its leading space (" red")."""
-    import torch
-
-    return torch.tensor(word_token_ids(tokenizer, [s.question.answer_text for s in samples]))
-
-
 def evaluate_needle(model, processor, backgrounds: Backgrounds, rng: np.random.Generator,
                     n_frames: int, count: int, needle: bool, batch: int = 16) -> dict:
     """Held-out accuracy and mean margin at n frames, with or without the needle frame."""
@@ -422,11 +423,13 @@ def evaluate_needle(model, processor, backgrounds: Backgrounds, rng: np.random.G
 
 def question_loss(model, match_head, word_head, processor, backgrounds: Backgrounds,
                   rng: np.random.Generator, stage: Stage, config: VlmTrainConfig,
-                  progress: float = 0.0):
-    """The loss of one fresh batch drawn with the stage's settings.
+                  progress: float = 0.0, pool: VideoPool | None = None):
+    """The loss of one batch drawn with the stage's settings.
 
     Args:
         progress: how far through the stage (0..1): where `stage.size` is between its ends.
+        pool: draw the videos from these encoded ones, each with a new question
+            (`train.world_pool`; None: fresh videos through the processor and the tower).
 
     Returns:
         (loss, letter hits, answer-word hits): the hits bool arrays over the samples that show
@@ -436,17 +439,25 @@ def question_loss(model, match_head, word_head, processor, backgrounds: Backgrou
 
     n = int(rng.choice(stage.n_frames))
     needles = rng.random(config.batch) >= stage.no_needle
-    size = None if stage.size is None else float(
-        stage.size[0] + (stage.size[1] - stage.size[0]) * progress)
-    samples = [video_qa(rng, backgrounds, n, needle=bool(k), distractors=stage.distractors,
-                        needle_distractors=stage.needle_distractors, size=size)
-               for k in needles]
     hint_rows = (rng.random(config.batch) < stage.hint) & needles
-    samples = [with_hint(x) if h else x for x, h in zip(samples, hint_rows)]
-    b, ids = make_batch(processor, samples, [_fps(rng) for _ in samples])
-    truth = torch.tensor([LETTERS.index(s.question.answer) for s in samples])
+    samples = None
+    if pool is not None:
+        videos, questions, fps = pool.draw(n, config.batch, needles, _fps)
+        questions = [hinted(q) if h else q for q, h in zip(questions, hint_rows)]
+        b = pooled_batch(processor, videos, questions, fps)
+        truth, ids = truth_and_letters(processor, questions)
+    else:
+        size = None if stage.size is None else float(
+            stage.size[0] + (stage.size[1] - stage.size[0]) * progress)
+        samples = [video_qa(rng, backgrounds, n, needle=bool(k), distractors=stage.distractors,
+                            needle_distractors=stage.needle_distractors, size=size)
+                   for k in needles]
+        samples = [with_hint(x) if h else x for x, h in zip(samples, hint_rows)]
+        questions = [s.question for s in samples]
+        b, ids = make_batch(processor, samples, [_fps(rng) for _ in samples])
+        truth = torch.tensor([LETTERS.index(q.answer) for q in questions])
     seen = torch.from_numpy(needles)
-    words = word_ids(processor.tokenizer, samples)
+    words = torch.tensor(word_token_ids(processor.tokenizer, [q.answer_text for q in questions]))
     match_weight = config.match_weight if stage.match else 0.0
     loss, z, full = qa_loss(model, match_head, b, ids, truth, seen, match_weight)
     if config.word_weight > 0 and bool(seen.any()):
@@ -462,6 +473,17 @@ def question_loss(model, match_head, word_head, processor, backgrounds: Backgrou
                 (full.argmax(-1) == words).numpy()[keep])
 
 
+def stage_pool(model, processor, backgrounds: Backgrounds, rng: np.random.Generator,
+               stage: Stage, config: VlmTrainConfig) -> VideoPool | None:
+    """The stage's pool of encoded videos, or None where each batch must be fresh: `reuse` 1,
+    a tower trained in the question stages (its tokens change), a size that moves over the
+    stage."""
+    if config.reuse <= 1 or config.train_tower or stage.size is not None:
+        return None
+    return VideoPool(model, processor, backgrounds, rng, stage, capacity=config.pool_size,
+                     fresh=reuse_fresh(config.batch, config.reuse))
+
+
 def question_stage(model, match_head, word_head, processor, backgrounds: Backgrounds,
                    rng: np.random.Generator, stage: Stage, config: VlmTrainConfig) -> dict:
     """One question stage (see `Stage`) with its own AdamW; returns its steps, wall time and
@@ -475,11 +497,12 @@ def question_stage(model, match_head, word_head, processor, backgrounds: Backgro
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     sched = warmup(opt, 30)
     start, letter_hits, word_hits = time.perf_counter(), [], []
+    pool = stage_pool(model, processor, backgrounds, rng, stage, config)
     model.train()
     for i in tqdm(range(stage.steps), desc="world vlm", unit="step", mininterval=10):
         loss, letters, words = question_loss(model, match_head, word_head, processor,
                                              backgrounds, rng, stage, config,
-                                             i / max(1, stage.steps - 1))
+                                             i / max(1, stage.steps - 1), pool)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -570,9 +593,11 @@ def train_vlm(config: VlmTrainConfig, out: str | Path, init: str | Path | None =
     for stage in config.stages:
         torch.set_num_threads(config.threads + int(spare_core is not None and spare_core()))
         if isinstance(stage, LetterStage):
+            reading = dataclasses.replace(config, batch=stage.video_batch)
             video = None if stage.video_batch == 0 else functools.partial(
                 question_loss, model, match_head, word_head, processor, backgrounds, rng,
-                READING, dataclasses.replace(config, batch=stage.video_batch))
+                READING, reading, pool=stage_pool(model, processor, backgrounds, rng, READING,
+                                                  reading))
             stages.append(letter_stage(model, match_head, processor.tokenizer, rng, stage,
                                        config.match_weight, video))
         else:
