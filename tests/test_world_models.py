@@ -117,6 +117,12 @@ def test_world_vlm_trains_on_the_scorers_batch_and_loads_as_a_checkpoint(tmp_pat
         next(o[3:] for o in item.options if o[0] == "ABCD"[k]) for k in which.tolist()]
     (z,) = scorer.option_logits([item])
     assert z.shape == (4,) and np.isfinite(z).all()
+    import dataclasses
+
+    with pytest.raises(ValueError, match="text_around=False asks for video first"):
+        train_vlm(dataclasses.replace(config, text_around=False), tmp_path / "again",
+                  init=tmp_path / "vlm")  # the checkpoint's layout is the question around it
+    assert not (tmp_path / "again").exists()
     for word in ("red", "green", "blue", "yellow", "magenta", "cyan", "circle", "square",
                  "triangle", "cross", "A", "B", "C", "D"):
         text = word if len(word) == 1 else " " + word
@@ -154,3 +160,19 @@ def test_freeze_rows_keeps_those_rows_and_trains_the_others():
         opt.step()
     assert torch.equal(emb.weight[[1, 3]], before[[1, 3]])
     assert not torch.isclose(emb.weight[[0, 2, 4, 5]], before[[0, 2, 4, 5]]).any()
+
+
+def test_letter_stage_stops_once_its_text_accuracy_reaches_until():
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from videocfr.train.world_vlm import LetterStage, letter_stage, world_processor
+    from videocfr.vlm.tiny import tiny_config
+
+    torch.manual_seed(0)
+    processor = world_processor(0)
+    model = Qwen2_5_VLForConditionalGeneration(tiny_config(processor.tokenizer, "tiny"))
+    head = torch.nn.Linear(model.config.text_config.hidden_size, 1)
+    out = letter_stage(model, head, processor.tokenizer, np.random.default_rng(0),
+                       LetterStage(steps=1000, batch=2, video_batch=0, until=0.0),
+                       match_weight=1.0)
+    assert out["steps"] == 100  # reached as soon as 100 steps can be averaged, not the cap

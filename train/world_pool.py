@@ -142,15 +142,17 @@ class VideoPool:
         stage: the question stage whose sample settings the videos follow (`train.world_vlm.Stage`).
         capacity: videos kept per frame count (the oldest leave first).
         fresh: videos encoded into the pool per draw.
+        fill: videos encoded at the first draw of a frame count (default: capacity).
     """
 
     def __init__(self, model, processor, backgrounds: Backgrounds, rng: np.random.Generator,
-                 stage, capacity: int = 256, fresh: int = 4):
-        if fresh < 1 or capacity < fresh:
-            raise ValueError(f"a video pool needs 1 <= fresh <= capacity, got fresh={fresh}, "
-                             f"capacity={capacity}")
+                 stage, capacity: int = 256, fresh: int = 4, fill: int | None = None):
+        fill = capacity if fill is None else fill
+        if not 1 <= fresh <= capacity or not 1 <= fill <= capacity:
+            raise ValueError(f"a video pool needs 1 <= fresh, fill <= capacity, got "
+                             f"fresh={fresh}, fill={fill}, capacity={capacity}")
         self.model, self.processor, self.backgrounds, self.rng = model, processor, backgrounds, rng
-        self.stage, self.capacity, self.fresh = stage, capacity, fresh
+        self.stage, self.capacity, self.fresh, self.fill = stage, capacity, fresh, fill
         self.videos: dict[int, deque] = {}
 
     def _add(self, n: int, count: int) -> None:
@@ -169,7 +171,7 @@ class VideoPool:
             (videos, questions, frame rates)
         """
         if n not in self.videos:
-            self._add(n, self.capacity)
+            self._add(n, self.fill)
         else:
             self._add(n, self.fresh)
         pool = self.videos[n]

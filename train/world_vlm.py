@@ -12,10 +12,11 @@ where it cannot.
 Training runs the vision stage (`train.world_vision`: the tower taught each object's colour and
 shape per merged token, through logits tied to the words' embeddings), then the curriculum
 `STAGES` with the tower frozen: reading one object in two frames (letter and answer-word losses),
-the letter lookup (`LetterStage`: the answer as a text hint, one-object videos beside the text),
-one object with every loss, then two or four frames with distractors and a fifth of the samples
-without the needle. Measured (`make world`, version 4): held out, 0.425 with the needle among
-four frames against 0.295 without it, 0.300 / 0.235 among eight; far from the targets.
+the letter lookup (`LetterStage`: the answer as a text hint, one-object videos beside the text,
+until the lookup has formed), one object with every loss, then two or four frames with
+distractors and a fifth of the samples without the needle. The question stages draw their
+videos from a pool of encoded ones (`train.world_pool`: the frozen tower runs once per video,
+each showing asks a new question). Measured (`make world`): docs/world.md, "Version 5".
 
 `VlmTrainConfig.text_around` puts the question both before and after the video
 (`chat_template(text_around=True)`), so the video tokens can attend to the asked key. From an
@@ -157,22 +158,39 @@ class LetterStage:
     run of two. With the video batches beside it the reading stays (0.90-0.97); whether the
     lookup carries over to the videos varied: video letter 0.83-0.89 within 350 steps in two
     runs that had seen hinted videos before, 0.70, 0.31 and 0.29 (version 4's build) after a
-    plain reading stage (docs/world.md)."""
+    plain reading stage (docs/world.md).
+
+    Args:
+        steps: the most steps (the stage ends sooner once `until` is reached).
+        batch, lr: text questions per step and the stage's AdamW learning rate.
+        video_batch: one-object videos per step beside the text (0: text alone).
+        until: stop once the text accuracy over the last 100 steps reaches it (None: `steps`).
+        match_layer: the hidden states the option-match head reads (an index of
+            `hidden_states`: 1 is after the first layer, -1 the last). Measured (version 5):
+            read after the first layer, the text lookup left chance by steps 400-500 in two
+            seeds, one of which stayed at chance through 1,100 steps with the last layer
+            (docs/world.md "Version 5"); the layers above can then read which option matched.
+    """
 
     steps: int = 600
     batch: int = 32
     lr: float = 2e-3
     video_batch: int = 16
+    until: float | None = None
+    match_layer: int = 1
 
 
 # The curriculum (measured, docs/world.md "The question curriculum"): reading one object first
-# (no match loss), the letter lookup on text beside one-object videos, one object with every
-# loss, then distractors and samples without the needle.
+# (no match loss), the letter lookup on text beside one-object videos until it has formed (its
+# text accuracy leaves chance after 300 to 1,100 steps, depending on the seed: docs/world.md
+# "Version 5"), one object with every loss, then distractors and samples without the needle —
+# the longest stage: the find among distractors kept improving with steps (version 4's 800 gave
+# 0.425 held out at n = 4; 3,000 more from that checkpoint 0.80-0.86, docs/world.md).
 STAGES: tuple[Stage | LetterStage, ...] = (
     Stage(300, (2,), match=False),
-    LetterStage(),
+    LetterStage(1200, until=0.9),
     Stage(400, (2,)),
-    Stage(800, (2, 4), (0, 2), (0, 1), no_needle=0.2),
+    Stage(2000, (2, 4), (0, 2), (0, 1), no_needle=0.2),
 )
 READING = Stage(1, (2,), match=False)  # the letter stage's video batches: one object, two frames
 
@@ -212,8 +230,8 @@ class VlmTrainConfig:
             tokens to them (the other tokens' embeddings train); measured: trained there, the
             tokens' shape accuracy through the words fell from 0.94 to 0.33-0.50, and the VLM
             ended at chance in one run of two (docs/world.md).
-        text_around: the question before and after the video (`world_processor`); a fresh
-            model only (a checkpoint to continue from keeps its own template).
+        text_around: the question before and after the video (`world_processor`); with
+            `init`, it must match the checkpoint's template (refused otherwise).
         reuse: how many times, on average, a question stage shows each video it encodes, each
             time with a new question (`train.world_pool`); 1 encodes a fresh batch every step.
             Only with the tower frozen (`train_tower` False) and stages without a moving size.
@@ -237,7 +255,7 @@ class VlmTrainConfig:
     vision_weight: float = 1.0
     train_embeddings: bool = False
     text_around: bool = False
-    reuse: float = 1.0
+    reuse: float = 4.0
     pool_size: int = 256
 
 
@@ -295,7 +313,8 @@ def option_positions(input_ids, letter_ids):
     return torch.tensor(rows), torch.tensor(list(last.values())), torch.tensor(which)
 
 
-def qa_loss(model, match_head, batch, letter_ids, truth, seen, match_weight: float):
+def qa_loss(model, match_head, batch, letter_ids, truth, seen, match_weight: float,
+            match_layer: int = -1):
     """The answer loss of a question batch and its parts.
 
     The letter loss reads the option letters' logits at the answer position: the answer's letter
@@ -303,6 +322,9 @@ def qa_loss(model, match_head, batch, letter_ids, truth, seen, match_weight: flo
     option's word position, through `match_head` on the last hidden state, whether it is the
     answer (binary cross-entropy; shown needles only): the lookup is learnt in two one-hop parts
     — which option is right, where that option's letter is — instead of one two-hop part.
+
+    Args:
+        match_layer: the `hidden_states` index the match head reads (-1: the last layer's).
 
     Returns:
         (loss, letter logits [B, n_options], logits at the answer position [B, V])
@@ -319,7 +341,7 @@ def qa_loss(model, match_head, batch, letter_ids, truth, seen, match_weight: flo
     if match_weight > 0 and bool(seen.any()):
         rows, cols, which = option_positions(batch["input_ids"], letter_ids[0].tolist())
         keep = seen[rows]
-        h = out.hidden_states[-1][rows[keep], cols[keep]]
+        h = out.hidden_states[match_layer][rows[keep], cols[keep]]
         target = (which[keep] == truth[rows[keep]]).float()
         loss = loss + match_weight * F.binary_cross_entropy_with_logits(
             match_head(h.float())[:, 0], target)
@@ -364,7 +386,8 @@ def letter_stage(model, match_head, tokenizer, rng: np.random.Generator, stage: 
         batch, ids = text_batch(tokenizer, questions)
         truth = torch.tensor([LETTERS.index(q.answer) for q in questions])
         seen = torch.ones(len(questions), dtype=torch.bool)
-        loss, z, _ = qa_loss(model, match_head, batch, ids, truth, seen, match_weight)
+        loss, z, _ = qa_loss(model, match_head, batch, ids, truth, seen, match_weight,
+                             stage.match_layer)
         if video is not None:
             extra, letter_hits, word_hits = video()
             loss = loss + extra
@@ -380,7 +403,9 @@ def letter_stage(model, match_head, tokenizer, rng: np.random.Generator, stage: 
             log.info("letter step %d loss %.4f text accuracy %.3f video letter %.3f word %.3f",
                      step + 1, loss.item(), np.mean(hits[-100:]), np.mean(letters[-100:] or 0),
                      np.mean(words[-100:] or 0))
-    out = {"steps": stage.steps, "wall_s": round(time.perf_counter() - start, 1),
+        if stage.until is not None and len(hits) >= 100 and np.mean(hits[-100:]) >= stage.until:
+            break
+    out = {"steps": len(hits), "wall_s": round(time.perf_counter() - start, 1),
            "train_accuracy_last100": float(np.mean(hits[-100:]))}
     if video is not None:
         out.update(video_letter_last100=float(np.mean(letters[-100:])),
@@ -477,11 +502,12 @@ def stage_pool(model, processor, backgrounds: Backgrounds, rng: np.random.Genera
                stage: Stage, config: VlmTrainConfig) -> VideoPool | None:
     """The stage's pool of encoded videos, or None where each batch must be fresh: `reuse` 1,
     a tower trained in the question stages (its tokens change), a size that moves over the
-    stage."""
+    stage. It is filled with no more videos than the stage would encode fresh."""
     if config.reuse <= 1 or config.train_tower or stage.size is not None:
         return None
+    fresh = reuse_fresh(config.batch, config.reuse)
     return VideoPool(model, processor, backgrounds, rng, stage, capacity=config.pool_size,
-                     fresh=reuse_fresh(config.batch, config.reuse))
+                     fresh=fresh, fill=min(config.pool_size, stage.steps * fresh + config.batch))
 
 
 def question_stage(model, match_head, word_head, processor, backgrounds: Backgrounds,
@@ -571,6 +597,11 @@ def train_vlm(config: VlmTrainConfig, out: str | Path, init: str | Path | None =
         from transformers import AutoProcessor
 
         processor = AutoProcessor.from_pretrained(str(init))
+        if processor.chat_template != chat_template(config.text_around):
+            layout = "the question around the video" if config.text_around else "video first"
+            raise ValueError(f"text_around={config.text_around} asks for {layout}, but the "
+                             f"checkpoint {init} was trained on another prompt layout (its "
+                             f"processor's chat template); set text_around to match it")
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(init))
     backgrounds = Backgrounds(size=config.frame_size)
     seeds = np.random.SeedSequence([config.seed, WORLD_VERSION, 1]).spawn(2)
@@ -596,7 +627,8 @@ def train_vlm(config: VlmTrainConfig, out: str | Path, init: str | Path | None =
             reading = dataclasses.replace(config, batch=stage.video_batch)
             video = None if stage.video_batch == 0 else functools.partial(
                 question_loss, model, match_head, word_head, processor, backgrounds, rng,
-                READING, reading, pool=stage_pool(model, processor, backgrounds, rng, READING,
+                READING, reading, pool=stage_pool(model, processor, backgrounds, rng,
+                                                  dataclasses.replace(READING, steps=stage.steps),
                                                   reading))
             stages.append(letter_stage(model, match_head, processor.tokenizer, rng, stage,
                                        config.match_weight, video))
@@ -608,7 +640,7 @@ def train_vlm(config: VlmTrainConfig, out: str | Path, init: str | Path | None =
     wall = time.perf_counter() - start
     figures = {"world_version": WORLD_VERSION, "seed": config.seed,
                "config": asdict(config), "wall_s": round(wall, 1),
-               "steps": sum(s.steps for s in config.stages),
+               "steps": sum(s["steps"] for s in stages),
                "params": int(sum(p.numel() for p in model.parameters())),
                "vision": vision, "stages": stages, "chance": 0.25, "eval": {},
                "tokens": evaluate_tokens(model, word_head, processor, [

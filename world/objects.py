@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 # Bump whenever what the generator draws or says changes (shapes, colours, bounds, drawing,
-# templates, sample layout) or the world models' architectures do: world models trained under
+# templates, sample layout) or the world models' architectures or training do: models trained under
 # another version refuse to load.
-WORLD_VERSION = 4
+WORLD_VERSION = 5
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 COLOURS: dict[str, tuple[int, int, int]] = {
