@@ -87,9 +87,13 @@ def recorded_config(config: PrecomputeConfig, dataset: Dataset) -> dict:
     """The config recorded in (and hashing) the cache: every section plus the dataset's identity.
 
     The annotation file's sha256 is part of it, so a cache directory is never resumed with
-    another set of questions.
+    another set of questions; so is a local checkpoint file's (`clip.pretrained_sha256`), so a
+    cache is never resumed, or taken as done, with other weights at the same path (a rebuilt
+    world CLIP).
     """
     out = config.to_dict()
+    if Path(config.clip.pretrained).is_file():
+        out["clip"]["pretrained_sha256"] = sha256_file(config.clip.pretrained)
     out["dataset"] = {"name": dataset.config.name, "format": dataset.config.format,
                       "annotation_sha256": sha256_file(dataset.config.annotation)}
     return out

@@ -292,3 +292,27 @@ def test_needle_prior(tmp_path):
     for preset in ("cfr", "videocfr-ref"):
         out = question_saliences(sc, g, p, query, SalienceConfig(), FusionConfig(preset=preset))
         assert out.prior[needle].sum() > needle.mean(), preset
+
+
+def test_recorded_config_holds_a_local_checkpoints_sha256(tmp_path):
+    """Other weights at the same checkpoint path (a rebuilt world CLIP) make another config, so
+    a cache of the old weights is never resumed or taken as done with the new ones."""
+    from types import SimpleNamespace
+
+    from videocfr.cache_format.schema import config_hash
+    from videocfr.precompute.config import PrecomputeConfig
+    from videocfr.precompute.job import recorded_config
+
+    ckpt, ann = tmp_path / "clip.pt", tmp_path / "ann.jsonl"
+    ann.write_text("{}\n")
+    dataset = SimpleNamespace(config=SimpleNamespace(name="d", format="native", annotation=ann))
+    config = PrecomputeConfig.from_dict({"clip": {"model": "videocfr-tiny",
+                                                  "pretrained": str(ckpt)}})
+    ckpt.write_bytes(b"weights one")
+    first = recorded_config(config, dataset)
+    ckpt.write_bytes(b"weights two")
+    second = recorded_config(config, dataset)
+    assert first["clip"]["pretrained"] == second["clip"]["pretrained"] == str(ckpt)
+    assert config_hash(first) != config_hash(second)
+    tag = PrecomputeConfig.from_dict({"clip": {"model": "ViT-B-32", "pretrained": "openai"}})
+    assert "pretrained_sha256" not in recorded_config(tag, dataset)["clip"]
