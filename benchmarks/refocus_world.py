@@ -29,11 +29,11 @@ What it runs, top to bottom (one process, one thread):
    training budget (the issue asks that it stay within 0.05): it reports it, it asserts nothing.
 4. On the test set at n = 4 (the training budget) and n = 8 (a transfer): the needle hit rate
    (a chosen candidate inside the needle's span, `evaluate.vniah.run.needle_positions`) and the
-   frozen VLM's answer accuracy from the chosen frames (`run._answer`, as `vniah run --model`
-   scores it) of learned (greedy), control (greedy, on the test set's true embeddings, as the
-   learned one), untrained (greedy: the initial policy both trainings start from, which
-   already reads the frame-question cosine the architecture feeds it), uniform, random (seeded
-   per haystack), prior-topn and bolt-its
+   frozen VLM's answer accuracy from the chosen frames (`run.answer_correct`, as
+   `vniah run --model` scores it) of learned (greedy), control (greedy, on the test set's true
+   embeddings, as the learned one), untrained (greedy: the initial policy both trainings start
+   from, which already reads the frame-question cosine the architecture feeds it), uniform,
+   random (seeded per haystack), prior-topn and bolt-its
    (`evaluate.vniah.run.score`), beside the exact chance hit rate 1 - C(K - m, n) / C(K, n)
    (`build.chance_hit_rate`) and the answer chance 1 / options.
 
@@ -77,7 +77,6 @@ from videocfr.evaluate.vniah import run as vniah_run  # noqa: E402
 from videocfr.evaluate.vniah.build import (  # noqa: E402
     BuildConfig,
     build,
-    chance_hit_rate,
     load_needles,
 )
 from videocfr.selector.config import SelectorDataConfig  # noqa: E402
@@ -225,13 +224,10 @@ def policy_rows(name: str, policy: FrameSelector, samples: list[SelectorSample],
             if truth.size == 0:
                 problems.append(f"{needle.video_id}: no candidate inside the needle")
                 continue
-            mass = float(np.asarray(s.question.prior, np.float64)[truth].sum())
-            correct = vniah_run._answer(scorer, s.video, s.question, pos, build_dir, decoder)
-            k = s.num_candidates
-            rows.append(vniah_run.Row(
-                needle.video_id, needle.haystack, needle.needle, needle.length_s, needle.depth,
-                name, n, bool(np.isin(pos, truth).any()), mass, correct,
-                chance_hit_rate(k, int(truth.size), n), k, int(truth.size)))
+            correct = vniah_run.answer_correct(scorer, s.video, s.question, pos, build_dir,
+                                               decoder)
+            rows.append(vniah_run.needle_row(needle, s.video, s.question, name, n, pos, truth,
+                                             correct))
     return rows, problems
 
 

@@ -107,7 +107,6 @@ def score(cache: Cache, needles: list[Needle], strategies: list[str], budgets: l
                 f"{needle.video_id}: no candidate frame inside the needle "
                 f"[{needle.start_s}, {needle.end_s}) s; sample candidates more densely")
             continue
-        mass = float(np.asarray(question.prior, np.float64)[truth].sum())
         for name, fn in fns.items():
             for n in budgets:
                 if n > video.num_sampled:
@@ -119,18 +118,29 @@ def score(cache: Cache, needles: list[Needle], strategies: list[str], budgets: l
                 correct = None
                 if scorer is not None and (answer is None or (name in answer[0]
                                                               and n in answer[1])):
-                    correct = _answer(scorer, video, question, pos, video_root,
-                                      cache_decoder(cache.config))
-                k = video.num_sampled
-                rows.append(Row(needle.video_id, needle.haystack, needle.needle,
-                                needle.length_s, needle.depth, name + suffix, n,
-                                bool(np.isin(pos, truth).any()), mass, correct,
-                                chance_hit_rate(k, int(truth.size), n), k, int(truth.size)))
+                    correct = answer_correct(scorer, video, question, pos, video_root,
+                                             cache_decoder(cache.config))
+                rows.append(needle_row(needle, video, question, name + suffix, n, pos, truth,
+                                       correct))
     return rows, dict(problems)
 
 
-def _answer(scorer, video, question, pos: np.ndarray, video_root: Path,
-            decoder: str = "decord") -> float:
+def needle_row(needle: Needle, video, question, strategy: str, n: int, pos: np.ndarray,
+               truth: np.ndarray, correct: float | None) -> Row:
+    """The Row of one choice of candidates `pos` at budget n in a haystack whose needle covers
+    `truth` (`needle_positions`): its hit, the prior's mass on the needle, the answer's
+    correctness (None: not asked) and the exact chance of n random candidates."""
+    k = video.num_sampled
+    mass = float(np.asarray(question.prior, np.float64)[truth].sum())
+    return Row(needle.video_id, needle.haystack, needle.needle, needle.length_s, needle.depth,
+               strategy, n, bool(np.isin(pos, truth).any()), mass, correct,
+               chance_hit_rate(k, int(truth.size), n), k, int(truth.size))
+
+
+def answer_correct(scorer, video, question, pos: np.ndarray, video_root: Path,
+                   decoder: str = "decord") -> float:
+    """1.0 when the scorer, shown the candidates `pos` (decoded under `video_root`), puts its
+    highest option logit on the question's answer, else 0.0."""
     from videocfr.vlm.scorer import ScoreItem
 
     from ..frames import load_frames
