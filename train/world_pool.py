@@ -8,7 +8,7 @@ asked key no other object of the video shares ("What colour is the triangle?" wh
 triangle), or, for a sample without the needle, a key no object has. The letter, the options and
 the frame rate are drawn anew too, so a video shown again is a new question. The language model
 gets the tokens as `mm_encoder_outputs` and places them and computes its 3-D positions itself,
-exactly as from pixels (tests/test_world_models.py checks the logits against the pixel path).
+exactly as from pixels (tests/test_world_pool.py checks the logits against the pixel path).
 
 Measured (2 cores, one thread, batch 16, n = 4): a fresh batch costs about 62 ms of processor
 and 150 ms of tower beside 146 ms of language model forward and backward; with a batch drawn
@@ -23,9 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from videocfr.train.world_vision import video_inputs
 from videocfr.vlm.prompts import chat_messages
 from videocfr.vlm.scorer import letter_prompt
-from videocfr.world.captions import ASKED, LETTERS, MCQuestion, make_question
+from videocfr.world.captions import ASKED, MCQuestion, make_question
 from videocfr.world.frames import Backgrounds
 from videocfr.world.objects import COLOURS, SHAPES, WorldObject
 from videocfr.world.samples import video_qa
@@ -53,13 +54,7 @@ def even_frames(frames: np.ndarray) -> np.ndarray:
 
 def encode(model, processor, samples) -> list[EncodedVideo]:
     """The tower's tokens of each sample's video (VideoQA-like: `.frames`, `.objects`)."""
-    from transformers.video_utils import VideoMetadata
-
-    videos = [even_frames(s.frames) for s in samples]
-    meta = [VideoMetadata(total_num_frames=len(v), fps=1.0, frames_indices=list(range(len(v))))
-            for v in videos]
-    out = processor.video_processor(videos=videos, video_metadata=meta, do_sample_frames=False,
-                                    return_tensors="pt")
+    out = video_inputs(processor.video_processor, [even_frames(s.frames) for s in samples])
     with torch.no_grad():
         tokens = model.model.get_video_features(out["pixel_values_videos"],
                                                 out["video_grid_thw"], return_dict=True)
@@ -103,6 +98,14 @@ def pooled_question(rng: np.random.Generator, objects, needle: bool,
     return None
 
 
+def prompt_text(processor, question: MCQuestion) -> str:
+    """The scorer's letter prompt of a question about one video, as chat text (one
+    `<|video_pad|>` where the video goes)."""
+    return processor.apply_chat_template(
+        chat_messages(letter_prompt(question.question, question.options)),
+        add_generation_prompt=True, tokenize=False)
+
+
 def text_batch(processor, videos: list[EncodedVideo], questions: list[MCQuestion],
                fps: list[float]) -> dict:
     """The model inputs of the questions about these encoded videos, as the processor makes them
@@ -113,8 +116,7 @@ def text_batch(processor, videos: list[EncodedVideo], questions: list[MCQuestion
     merge = processor.video_processor.merge_size ** 2
     texts = []
     for v, q in zip(videos, questions):
-        text = processor.apply_chat_template(chat_messages(letter_prompt(q.question, q.options)),
-                                             add_generation_prompt=True, tokenize=False)
+        text = prompt_text(processor, q)
         if text.count(processor.video_token) != 1:
             raise ValueError(f"the world prompt holds {text.count(processor.video_token)} video "
                              f"placeholders; one expected")
@@ -185,11 +187,10 @@ class VideoPool:
         return videos, questions, [fps(self.rng) for _ in range(count)]
 
 
-def truth_and_letters(processor, questions: list[MCQuestion]):
-    """(answer index [B], option-letter token ids [B, n_options]) of the questions."""
-    tok = processor.tokenizer
-    ids = [[tok.encode(o[0], add_special_tokens=False)[0] for o in q.options] for q in questions]
-    return torch.tensor([LETTERS.index(q.answer) for q in questions]), torch.tensor(ids)
+def option_letter_ids(tokenizer, questions: list[MCQuestion]) -> torch.Tensor:
+    """int64 [B, n_options]: the token of each option's letter ("A" of "A. red")."""
+    return torch.tensor([[tokenizer.encode(o[0], add_special_tokens=False)[0]
+                          for o in q.options] for q in questions])
 
 
 def reuse_fresh(batch: int, reuse: float) -> int:

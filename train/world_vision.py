@@ -177,7 +177,7 @@ def vision_loss(model, head, pixel_values, grid_thw, labels):
 
 def processed_size(video_processor, frame_hw: tuple[int, int]) -> tuple[int, int]:
     """(H, W) a frame of that size has after the processor's resize."""
-    out = _videos(video_processor, [np.zeros((2, *frame_hw, 3), np.uint8)])
+    out = video_inputs(video_processor, [np.zeros((2, *frame_hw, 3), np.uint8)])
     _, h, w = out["video_grid_thw"][0].tolist()
     return h * video_processor.patch_size, w * video_processor.patch_size
 
@@ -206,7 +206,9 @@ def crop_batch(rng: np.random.Generator, backgrounds: Backgrounds, stage: Vision
     return videos, objects
 
 
-def _videos(video_processor, videos):
+def video_inputs(video_processor, videos):
+    """The processor's pixel inputs of whole videos (their frames as given, 1 fps metadata: the
+    tower does not see the frame rate)."""
     from transformers.video_utils import VideoMetadata
 
     meta = [VideoMetadata(total_num_frames=len(v), fps=1.0, frames_indices=list(range(len(v))))
@@ -250,11 +252,11 @@ def vision_stage(model, head: WordHead, processor, backgrounds: Backgrounds,
             spare_core = None
         if step < stage.crop_steps or step % 2 == 0:
             kind, (videos, objects) = "crop", crop_batch(rng, backgrounds, stage, frame_hw)
-            x = _videos(crops, videos)
+            x = video_inputs(crops, videos)
         else:
             samples = [frame_sample(rng) for _ in range(stage.frame_batch)]
             kind, objects = "frame", [qa_groups(s) for s in samples]
-            x = _videos(full, [s.frames for s in samples])
+            x = video_inputs(full, [s.frames for s in samples])
         labels = group_labels(objects, x["video_grid_thw"])
         loss, acc = vision_loss(model, head, x["pixel_values_videos"], x["video_grid_thw"],
                                 labels)
@@ -280,7 +282,7 @@ def evaluate_tokens(model, head, processor, samples: list[VideoQA]) -> dict:
     """Held-out per-token accuracy on full frames: colour and shape at objects' centres."""
     model.eval()
     with torch.inference_mode():
-        x = _videos(processor.video_processor, [s.frames for s in samples])
+        x = video_inputs(processor.video_processor, [s.frames for s in samples])
         labels = group_labels([qa_groups(s) for s in samples], x["video_grid_thw"])
         _, (c, s) = vision_loss(model, head, x["pixel_values_videos"], x["video_grid_thw"],
                                 labels)

@@ -43,7 +43,13 @@ from pathlib import Path
 
 import numpy as np
 from videocfr.train.optim import warmup
-from videocfr.train.world_pool import VideoPool, reuse_fresh, truth_and_letters
+from videocfr.train.world_pool import (
+    VideoPool,
+    even_frames,
+    option_letter_ids,
+    prompt_text,
+    reuse_fresh,
+)
 from videocfr.train.world_pool import text_batch as pooled_batch
 from videocfr.train.world_vision import (
     VisionStage,
@@ -277,25 +283,19 @@ def with_hint(sample: VideoQA) -> VideoQA:
 
 def make_batch(processor, samples: list[VideoQA], fps: list[float]):
     """The processor batch of samples (left padded) and the option-letter token ids [B, 4]."""
-    import torch
     from transformers.video_utils import VideoMetadata
 
-    texts = [processor.apply_chat_template(
-        chat_messages(letter_prompt(s.question.question, s.question.options)),
-        add_generation_prompt=True, tokenize=False) for s in samples]
+    texts = [prompt_text(processor, s.question) for s in samples]
     videos, metadata = [], []
     for s, f in zip(samples, fps):
-        frames = s.frames if len(s.frames) % 2 == 0 else np.concatenate(
-            [s.frames, s.frames[-1:]])  # the scorer shows an odd count's last frame twice
+        frames = even_frames(s.frames)  # the scorer shows an odd count's last frame twice
         videos.append(frames)
         metadata.append(VideoMetadata(total_num_frames=len(frames), fps=f,
                                       frames_indices=list(range(len(frames)))))
     processor.tokenizer.padding_side = "left"
     batch = processor(text=texts, videos=videos, video_metadata=metadata,
                       do_sample_frames=False, padding=True, return_tensors="pt")
-    ids = [[processor.tokenizer.encode(o[0], add_special_tokens=False)[0]
-            for o in s.question.options] for s in samples]
-    return batch, torch.tensor(ids)
+    return batch, option_letter_ids(processor.tokenizer, [s.question for s in samples])
 
 
 def option_positions(input_ids, letter_ids):
@@ -350,16 +350,14 @@ def qa_loss(model, match_head, batch, letter_ids, truth, seen, match_weight: flo
 
 def text_batch(tokenizer, questions: list[MCQuestion]):
     """Tokenized text-only letter prompts (left padded) and their letter ids [B, n_options]."""
-    import torch
 
     texts = [tokenizer.apply_chat_template(
         [{"role": "user", "content": [{"type": "text", "text": letter_prompt(
             q.question, q.options)}]}],
         add_generation_prompt=True, tokenize=False) for q in questions]
     tokenizer.padding_side = "left"
-    ids = [[tokenizer.encode(o[0], add_special_tokens=False)[0] for o in q.options]
-           for q in questions]
-    return dict(tokenizer(texts, return_tensors="pt", padding=True)), torch.tensor(ids)
+    return (dict(tokenizer(texts, return_tensors="pt", padding=True)),
+            option_letter_ids(tokenizer, questions))
 
 
 def letter_stage(model, match_head, tokenizer, rng: np.random.Generator, stage: LetterStage,
@@ -470,7 +468,7 @@ def question_loss(model, match_head, word_head, processor, backgrounds: Backgrou
         videos, questions, fps = pool.draw(n, config.batch, needles, _fps)
         questions = [hinted(q) if h else q for q, h in zip(questions, hint_rows)]
         b = pooled_batch(processor, videos, questions, fps)
-        truth, ids = truth_and_letters(processor, questions)
+        ids = option_letter_ids(processor.tokenizer, questions)
     else:
         size = None if stage.size is None else float(
             stage.size[0] + (stage.size[1] - stage.size[0]) * progress)
@@ -480,7 +478,7 @@ def question_loss(model, match_head, word_head, processor, backgrounds: Backgrou
         samples = [with_hint(x) if h else x for x, h in zip(samples, hint_rows)]
         questions = [s.question for s in samples]
         b, ids = make_batch(processor, samples, [_fps(rng) for _ in samples])
-        truth = torch.tensor([LETTERS.index(q.answer) for q in questions])
+    truth = torch.tensor([LETTERS.index(q.answer) for q in questions])
     seen = torch.from_numpy(needles)
     words = torch.tensor(word_token_ids(processor.tokenizer, [q.answer_text for q in questions]))
     match_weight = config.match_weight if stage.match else 0.0
