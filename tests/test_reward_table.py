@@ -186,3 +186,14 @@ def test_reward_bad_input_is_a_score_never_an_exception():
             got = AccuracyReward()(None, weird, solution=[truth] * len(weird),
                                    problem_type=[problem_type] * len(weird))
             assert all(0.0 <= g <= 1.0 for g in got), (problem_type, truth, got)
+
+
+@pytest.mark.parametrize("completion, score", [
+    (" red B", 1.0), (" blue B", 1.0), ("B", 1.0), (" red B.", 1.0), (" red C", 0.0),
+    (" red", 0.0), ("", 0.0), (" B red", 0.0), ("<answer>B</answer>", 0.0)])
+def test_final_letter_mode_reads_the_last_word(completion, score):
+    # the world policy answers "<word> <letter>" without tags: the letter is the answer, and
+    # the word before it does not count (a correct letter may follow another word)
+    got = AccuracyReward(mode="final-letter")(None, [completion], answer=["B"],
+                                              problem_type=[MC])
+    assert got == [score]

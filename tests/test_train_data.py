@@ -237,3 +237,31 @@ def test_config_validation_says_how_to_fix():
         TrainConfig.from_dict({"reward": {"gate": "medium"}})
     with pytest.raises(ValueError, match="section.key"):
         parse_override("beta=0")
+
+
+def test_letter_prompt_is_the_frozen_scorers(train_cache, tmp_path):
+    # data.prompt "letter": the world VLM is trained on the scorer's letter prompt, so the
+    # trainer asks in that form; an open question has no letters and is refused up front
+    from synthetic_cache import make_question, make_video
+    from videocfr.cache_format import CacheError, ShardWriter, finalize_cache
+    from videocfr.vlm.scorer import letter_prompt
+
+    samples = CacheSamples(train_cache["cache"], video_root=str(train_cache["videos"]),
+                           prompt="letter")
+    s = samples[0]
+    q = samples.cache.question(s.video_id, s.question_id)
+    assert s.prompt == letter_prompt(q.question, list(q.options)) and q.options
+    assert "<answer>" not in s.prompt
+    assert s.prompt != CacheSamples(train_cache["cache"], str(train_cache["videos"]))[0].prompt
+    with pytest.raises(ValueError, match="prompt 'essay' unknown"):
+        CacheSamples(train_cache["cache"], str(train_cache["videos"]), prompt="essay")
+    with ShardWriter(tmp_path / "c", {"sampling": {"num_frames": 8}}, embed_dim=16,
+                     model={"name": "synthetic", "pretrained": "random"}) as w:
+        v = make_video("vid000")
+        qs = [make_question(v, f"q{j}", seed=j) for j in range(2)]
+        qs[1].options, qs[1].problem_type, qs[1].answer = [], "free-form", "a dog"
+        w.add(v, qs)
+    finalize_cache(tmp_path / "c")
+    with pytest.raises(CacheError, match=r"1 questions have no options .*'vid000', 'q1'"):
+        CacheSamples(tmp_path / "c", str(tmp_path), prompt="letter")
+    assert len(CacheSamples(tmp_path / "c", str(tmp_path))) == 2  # video-r1 prompts ask both

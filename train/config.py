@@ -21,6 +21,7 @@ from videocfr.cache_format.config_sections import (
 from videocfr.vlm.answers import ANSWER_MODES
 from videocfr.vlm.coverage import ALIGNMENTS
 from videocfr.vlm.decoders import DECODERS
+from videocfr.vlm.prompts import PROMPTS
 
 GATES = ("soft", "hard", "none")
 LR_SCHEDULES = ("constant", "linear", "cosine")
@@ -49,6 +50,8 @@ class ModelConfig:
             each frame capped at the processor's max_video_tokens.
         video_min_pixels: per-frame pixel floor given to the video processor (None: its default).
         gradient_checkpointing: trade compute for memory in the policy's backward pass.
+        freeze_vision: train the language model only: the vision tower (and its merger) gets
+            no gradient and no optimizer state, and the backward pass skips it.
     """
 
     path: str | None = None
@@ -61,6 +64,7 @@ class ModelConfig:
     video_max_pixels: int | None = None
     video_min_pixels: int | None = None
     gradient_checkpointing: bool = False
+    freeze_vision: bool = False
 
     def __post_init__(self):
         if self.tiny == (self.path is not None):
@@ -95,6 +99,8 @@ class DataConfig:
         num_workers: background processes that decode and process the next micro-batches
             while the current step runs (0: decode inside the step).
         prefetch_factor: micro-batches each worker prepares ahead (with num_workers > 0).
+        prompt: "video-r1" (think, then the answer in tags; train.data) or "letter" (the
+            frozen scorer's letter prompt, which the world VLM was trained on).
     """
 
     cache_dir: str = "caches/demo"
@@ -108,8 +114,11 @@ class DataConfig:
     max_samples: int | None = None
     num_workers: int = 0
     prefetch_factor: int = 2
+    prompt: str = "video-r1"
 
     def __post_init__(self):
+        if self.prompt not in PROMPTS:
+            raise ValueError(f"data.prompt {self.prompt!r} unknown; use one of {PROMPTS}")
         if self.num_workers < 0 or self.prefetch_factor < 1:
             raise ValueError(f"data.num_workers must be >= 0 and data.prefetch_factor >= 1, got "
                              f"{self.num_workers} and {self.prefetch_factor}")
@@ -201,8 +210,10 @@ class RewardConfig:
         alignment: "dot" (r_cov = Σ p_g α_g) or "js" (1 - JS(p, α)).
         tau_alpha: τ_α of the softmax over groups in α (0.5, the reference trainer's value).
         format_weight: weight of R_format (1 as in Video-R1).
-        answer_mode: "video-r1" (Video-R1's exact answer matching) or "lenient" (multiple
-            choice also accepts "(B)", "B." and "B. <its option text>"); docs/rewards.md.
+        answer_mode: "video-r1" (Video-R1's exact answer matching), "lenient" (multiple
+            choice also accepts "(B)", "B." and "B. <its option text>") or "final-letter"
+            (no tags: the completion's last word is the answer, "red B" -> "B"; the world
+            VLM's form); docs/rewards.md.
         temporal: T-GRPO: also sample G/2 completions on the same frames shuffled (not trained
             on) and add 0.3 to R_acc > 0.1 when ordered accuracy >= 0.8 x shuffled accuracy.
         len_control: +0.2 for a completion of 320-512 tokens with R_acc > 0.1.
@@ -264,6 +275,8 @@ class RunConfig:
         checkpoint_every: save every N steps (0: only at the end).
         keep_checkpoints: how many recent checkpoints to keep (0: all).
         log_every: write metrics every N steps.
+        log_completions: also write every completion of rank 0 with its (video, question),
+            R_acc, CF term and frame usage α to completions.jsonl (which frames the policy used).
         seed: seeds python, numpy and torch (per rank: seed + rank for sampling).
         deepspeed: path of a DeepSpeed JSON config; null trains without DeepSpeed.
         device: "auto" (cuda when present), "cpu" or "cuda".
@@ -275,6 +288,7 @@ class RunConfig:
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     log_every: int = 1
+    log_completions: bool = False
     seed: int = 0
     deepspeed: str | None = None
     device: str = "auto"

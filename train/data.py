@@ -1,4 +1,8 @@
-"""Training samples: the (video, question) pairs of a precompute cache, with Video-R1 prompts.
+"""Training samples: the (video, question) pairs of a precompute cache, with their prompts.
+
+The prompt is Video-R1's (`vlm.prompts.build_prompt`, think then answer in tags) or, with
+`prompt="letter"`, the frozen scorer's letter prompt (`vlm.scorer.letter_prompt`), the text the
+world VLM was trained on (score its untagged answers with reward.answer_mode "final-letter").
 
 A sample's frames are the cache's sampled frames, decoded by their stored indices (vlm.video),
 so the prior's frame k is the model's frame k. The processor must turn K frames into K/2
@@ -19,7 +23,14 @@ from typing import Any
 import numpy as np
 from videocfr.cache_format import Cache, CacheError
 from videocfr.vlm.decoders import cache_decoder
-from videocfr.vlm.prompts import build_prompt, chat_messages, problem_type_of, question_problem
+from videocfr.vlm.prompts import (
+    PROMPTS,
+    build_prompt,
+    chat_messages,
+    problem_type_of,
+    question_problem,
+)
+from videocfr.vlm.scorer import letter_prompt
 from videocfr.vlm.video import read_frames, resolve_video_root
 
 log = logging.getLogger(__name__)
@@ -30,7 +41,7 @@ class Sample:
 
     Args:
         video_id, question_id: the cache key of the pair.
-        prompt: the user text (build_prompt).
+        prompt: the user text (build_prompt, or letter_prompt for CacheSamples' "letter").
         answer: ground truth (a letter for multiple choice).
         problem_type: Video-R1 answer type.
         frames: uint8 [K, H, W, 3], the cached sampled frames in order.
@@ -66,11 +77,17 @@ class CacheSamples:
         decode: read_frames method ("auto", "sequential", "seek").
         max_samples: keep only the first N pairs (in the cache's key order).
         decoder: the frame decoder backend; None: the one the cache recorded (cache_decoder).
+        prompt: "video-r1" (think, then the answer in tags) or "letter" (the scorer's letter
+            prompt; multiple-choice questions only).
     """
 
     def __init__(self, cache_dir: str | Path, video_root: str | None = None,
                  expect_config_hash: str | None = None, decode: str = "auto",
-                 max_samples: int | None = None, decoder: str | None = None):
+                 max_samples: int | None = None, decoder: str | None = None,
+                 prompt: str = "video-r1"):
+        if prompt not in PROMPTS:
+            raise ValueError(f"prompt {prompt!r} unknown; use one of {PROMPTS}")
+        self.prompt = prompt
         cache_dir = Path(cache_dir)
         if not (cache_dir / "manifest.json").is_file():
             raise FileNotFoundError(
@@ -87,10 +104,21 @@ class CacheSamples:
             raise CacheError(f"cache {cache_dir} holds no questions (all videos failed?); "
                              f"check `videocfr cache info {cache_dir}`")
         check_questions(self.cache, keys)
+        if prompt == "letter":
+            open_ = [k for k in keys if not self.cache.question(*k).options]
+            if open_:
+                raise CacheError(f"data.prompt 'letter' asks for option letters, but "
+                                 f"{len(open_)} questions have no options (first: {open_[0]}); "
+                                 f"use data.prompt 'video-r1' for this cache")
         self.keys: list[tuple[str, str]] = keys
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def _prompt(self, question, problem_type: str) -> str:
+        if self.prompt == "letter":
+            return letter_prompt(question.question, list(question.options))
+        return build_prompt(question.question, question.options, problem_type)
 
     def __getitem__(self, i: int) -> Sample:
         video_id, question_id = self.keys[i]
@@ -104,7 +132,7 @@ class CacheSamples:
         frames = read_frames(self.video_root / video.path, video.frame_indices, self.decode,
                              decoder=self.decoder)
         return Sample(video_id=video_id, question_id=question_id,
-                      prompt=build_prompt(question.question, question.options, problem_type),
+                      prompt=self._prompt(question, problem_type),
                       answer=question.answer, problem_type=problem_type, frames=frames,
                       frame_indices=video.frame_indices, fps=float(video.fps),
                       num_frames=int(video.num_frames), options=list(question.options))

@@ -107,3 +107,13 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     """The rows of `run_dir/metrics.jsonl` (null for NaN)."""
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def completion_rows(step: int, keys: list[tuple[str, str]], completions: list[str],
+                    alphas: list, accuracy: list[float], cf: list[float | None]) -> list[dict]:
+    """One row per completion of a step for `run_dir/completions.jsonl` (run.log_completions):
+    its (video, question), text, R_acc, CF term (null: none) and frame usage α (null: none)."""
+    return [{"step": step, "video_id": v, "question_id": q, "completion": text,
+             "accuracy": float(acc), "cf": None if c is None else float(c),
+             "alpha": None if a is None else [round(float(x), 6) for x in a.tolist()]}
+            for (v, q), text, a, acc, c in zip(keys, completions, alphas, accuracy, cf)]

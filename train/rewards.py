@@ -17,7 +17,8 @@ conversational completions (`[{"role": "assistant", "content": "..."}]`). The to
   ground truth without `<answer>` tags is the answer itself (Video-R1 reads it as "").
   Mode "lenient" also accepts, for multiple choice only, the truth's letter with surrounding
   punctuation (`(B)`, `B.`) or followed by its exact option text (`B. a dog`) — never two
-  letters, never a word that starts with the letter.
+  letters, never a word that starts with the letter. Mode "final-letter" reads untagged
+  completions: the answer is the last word ("red B" -> "B"; the world VLM's form).
 - `FormatReward` (R_format): 1 when the whole completion is `<think>...</think>` then
   `<answer>...</answer>` (whitespace allowed between, none around: Video-R1's fullmatch).
 - `ConsensusFrameReward`: λ · gate(R_acc) · r_cov with r_cov = Σ_g p_g α_g (`alignment="dot"`)
@@ -43,8 +44,8 @@ from videocfr.vlm.answers import (
     ANSWER_MODES,
     PROBLEM_TYPES,
     answer_accuracy,
+    completion_answer,
     completion_text,
-    extract_answer,
     is_well_formed,
 )
 from videocfr.vlm.coverage import ALIGNMENTS, check_aligned, coverage
@@ -102,7 +103,8 @@ class AccuracyReward:
         options = (_column(columns, ("options",), n, "accuracy reward")
                    if columns.get("options") is not None else [None] * n)
         return [
-            answer_accuracy(extract_answer(completion_text(c)), str(t), pt, mode=self.mode,
+            answer_accuracy(completion_answer(completion_text(c), self.mode), str(t), pt,
+                            mode=self.mode,
                             options=o)
             for c, t, pt, o in zip(completions, truths, types, options)
         ]

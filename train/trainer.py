@@ -45,7 +45,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint
 from .config import TrainConfig
 from .data import CacheSamples
 from .loader import MicroBatches, batch_loader
-from .metrics import MetricsWriter, read_metrics
+from .metrics import MetricsWriter, completion_rows, read_metrics
 from .optim import Accumulator
 from .phases import (
     Run,
@@ -135,6 +135,12 @@ def load_policy(cfg: TrainConfig):
         size["shortest_edge"] = cfg.model.video_min_pixels
     processor.video_processor.size = size
     processor.tokenizer.padding_side = "left"
+    if cfg.model.freeze_vision:
+        tower = getattr(getattr(model, "model", None), "visual", None)
+        if tower is None:
+            raise ValueError(f"model.freeze_vision: {type(model).__name__} has no vision tower "
+                             f"at model.visual")
+        tower.requires_grad_(False)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.config.use_cache = True
@@ -178,6 +184,9 @@ def train(cfg: TrainConfig, resume: bool = False,
                 shuffled = shuffled_rollouts(run, batch, step, t)  # T-GRPO; None when off
                 logp, micro_alphas = policy_pass(run, rollout, t)
                 micro_scores, advantages = score(run, batch, rollout, shuffled, micro_alphas, t)
+                if cfg.run.log_completions and run.rank == 0:
+                    log_completions(run.run_dir, step + 1, batch, rollout, micro_alphas,
+                                    micro_scores)
                 ref_logp = reference_forward(run, rollout, t)
                 old_logp = logp.detach()
                 stats.append(backward(run, rollout, logp, advantages, old_logp, ref_logp, step,
@@ -193,6 +202,14 @@ def train(cfg: TrainConfig, resume: bool = False,
     run.metrics_out.close()
     export_final(run.run_dir / "final", run.model, run.processor, run.engine, run.rank)
     return run.run_dir
+
+
+def log_completions(run_dir: Path, step: int, batch, rollout, alphas, scores) -> None:
+    """Append the micro-batch's completions to completions.jsonl (metrics.completion_rows)."""
+    keys = [batch.samples[b].key for b in rollout.prompt_index.tolist()]
+    rows = completion_rows(step, keys, rollout.completions, alphas, scores.accuracy, scores.cf)
+    with (run_dir / "completions.jsonl").open("a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
 def setup(cfg: TrainConfig, resume: bool, extra_rewards: list) -> tuple[Run, int]:
@@ -214,7 +231,8 @@ def setup(cfg: TrainConfig, resume: bool, extra_rewards: list) -> tuple[Run, int
 
     # Data first: a missing cache should fail before minutes of model loading.
     samples = CacheSamples(cfg.data.cache_dir, cfg.data.video_root, cfg.data.expect_config_hash,
-                           cfg.data.decode, cfg.data.max_samples, decoder=cfg.data.decoder)
+                           cfg.data.decode, cfg.data.max_samples, decoder=cfg.data.decoder,
+                           prompt=cfg.data.prompt)
     if cfg.data.prior_cache_dir is None:
         priors = PriorTable.load(cfg.data.cache_dir, cfg.data.expect_config_hash)
     else:  # another cache (e.g. re-fused), so another config hash

@@ -11,7 +11,9 @@ after removing commas; OCR: clip(1 - WER, 0, 1); free-form: mean F of ROUGE-1/2/
 and a ground truth without `<answer>` tags is the answer itself (Video-R1 reads it as "").
 Mode "lenient" also accepts, for multiple choice only, the truth's letter with surrounding
 punctuation (`(B)`, `B.`) or followed by its exact option text (`B. a dog`) — never two
-letters, never a word that starts with the letter.
+letters, never a word that starts with the letter. Mode "final-letter" is for models that answer
+without tags (the world VLM, trained on `vlm.scorer.letter_prompt`): the answer is the
+completion's last word with its punctuation stripped ("red B" -> "B"), matched exactly.
 
 Bad input never raises: no `<answer>` or an empty one is the answer "", two blocks take the
 first, an unparseable or non-finite number scores 0. Only an unknown problem type or mode raises.
@@ -28,7 +30,7 @@ from typing import Any
 
 from .prompts import PROBLEM_TYPES
 
-ANSWER_MODES = ("video-r1", "lenient")
+ANSWER_MODES = ("video-r1", "lenient", "final-letter")
 
 _ANSWER_RE = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
 _FORMAT_RE = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
@@ -59,6 +61,15 @@ def extract_answer(text: str) -> str:
     """Content of the first `<answer>...</answer>`, stripped; "" when there is none."""
     m = _ANSWER_RE.search(text)
     return m.group(1).strip() if m else ""
+
+
+def completion_answer(text: str, mode: str = "video-r1") -> str:
+    """The answer a completion gives: its first `<answer>` content (`extract_answer`), or, in
+    mode "final-letter", its last whitespace-separated word without punctuation ("" if none)."""
+    if mode == "final-letter":
+        words = text.split()
+        return words[-1].strip(_PUNCT_SPACE) if words else ""
+    return extract_answer(text)
 
 
 def parse_solution(solution: str) -> str:
@@ -144,7 +155,7 @@ def multiple_choice_score(answer: str, truth: str, mode: str = "video-r1",
     """1.0 when the answer is the truth (see the module docstring for "lenient"), else 0.0."""
     if answer.strip() == truth.strip():
         return 1.0
-    if mode == "video-r1":
+    if mode != "lenient":  # "video-r1" and "final-letter" match exactly
         return 0.0
     letter = _bare_letter(truth)
     if letter is None:  # a truth that is not an option letter ("Yes"): exact match only
@@ -200,7 +211,8 @@ def answer_accuracy(answer: str, truth: str, problem_type: str, *, mode: str = "
         truth: the ground truth: the bare answer ("B", "3.5") or a Video-R1 solution
             ("<answer>B</answer>"), whose `<answer>` content is used.
         problem_type: one of `PROBLEM_TYPES`.
-        mode: "video-r1" (Video-R1's matching, default) or "lenient" (multiple choice only).
+        mode: "video-r1" (Video-R1's matching, default), "lenient" (multiple choice only) or
+            "final-letter" (exact matching; the answer came from `completion_answer`).
         options: the question's options ("B. a dog"); used by "lenient" multiple choice.
 
     Returns:

@@ -30,6 +30,9 @@ TYPE_TEMPLATES = {
                   "<answer> </answer> tags.",
 }
 PROBLEM_TYPES = tuple(TYPE_TEMPLATES)
+# the prompt forms a trainer can ask in: this module's, or the frozen scorer's letter prompt
+# (vlm.scorer.letter_prompt: question, options, "answer with the letter"; no tags)
+PROMPTS = ("video-r1", "letter")
 
 
 def problem_type_of(problem_type: str, options: list[str]) -> str:

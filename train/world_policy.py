@@ -1,0 +1,217 @@
+"""The world's GRPO policy: the world VLM fine-tuned to answer "<word> <letter>" among many frames.
+
+The world VLM (`train.world_vlm`) is scored by its option letters' logits at one position, so a
+sampled completion is one token and every correct completion of a prompt is the same text. Then
+the CF term cannot act: the correct completions of a group share α, so λ·r_cov only scales their
+common reward, and the group's std normalisation takes that scale out again (`train.grpo`). Real
+completions reason before they answer, and correct answers come with different reasoning. The
+world's analogue is short: the model first names the answer's word as it reads it from the video
+(" red"), then gives the letter (" B"). The two are trained as two reads of the video: in
+`word_noise` of the rows the word given before the letter is another option's word, and the
+letter target stays the truth, so the letter does not copy the word. A correct letter can then
+come with several words, and the CF term can tell which one looked where the prior points.
+
+Samples follow V-NIAH's overlay haystacks (`evaluate.vniah.build`): one object on every frame,
+the asked one on one frame only; n frames from `frames`. Like the question stages, the tower is
+frozen and the videos come from a pool of encoded ones (`train.world_pool`).
+
+    videocfr world policy [--seed 0] [--root caches/world] [--force]
+
+writes `<world dir>/policy` (model, processor, world.json) from `<world dir>/vlm`; the trainer
+loads it as model.path (configs/train/world.yaml, `make train`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from videocfr.train.optim import warmup
+from videocfr.train.world_pool import VideoPool, reuse_fresh, text_batch
+from videocfr.train.world_vision import word_token_ids
+from videocfr.world.captions import MCQuestion
+from videocfr.world.frames import Backgrounds
+
+log = logging.getLogger(__name__)
+
+SEPARATOR = " "  # between the word and the letter: " red B" reads "B" (answer_mode final-letter)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The fine-tune's settings.
+
+    Args:
+        frames: frame counts drawn per step (V-NIAH's K at one candidate per second).
+        steps, batch, lr: the optimisation.
+        word_noise: the share of rows whose teacher-forced word is another option's word.
+        reuse: how often each encoded video is shown (`world_pool.reuse_fresh`).
+        pool_size: encoded videos kept per frame count.
+        eval_count: held-out questions per frame count.
+        seed: data, init and held-out streams (the held-out one is seed + 1000).
+        threads: torch threads.
+    """
+
+    frames: tuple[int, ...] = (16, 20)
+    steps: int = 400
+    batch: int = 16
+    lr: float = 1e-3
+    word_noise: float = 0.5
+    reuse: float = 4.0
+    pool_size: int = 256
+    eval_count: int = 128
+    seed: int = 0
+    threads: int = 2
+
+
+# one object on every frame, as V-NIAH's overlay haystacks (the pool reads these two ranges)
+OVERLAY = SimpleNamespace(distractors=(1, 1), needle_distractors=(0, 0))
+
+
+def _fps(rng: np.random.Generator) -> float:
+    return 1.0  # one candidate per second, as the haystack caches sample them
+
+
+def completion_ids(tokenizer, questions: list[MCQuestion], words: list[str]) -> torch.Tensor:
+    """int64 [B, C]: each row's completion "<word> <letter>" as tokens (one length for all)."""
+    sep = tokenizer.encode(SEPARATOR, add_special_tokens=False)
+    rows = [[w, *sep, *tokenizer.encode(q.answer, add_special_tokens=False)]
+            for w, q in zip(word_token_ids(tokenizer, words), questions)]
+    if len({len(r) for r in rows}) != 1:
+        raise ValueError("completions of different lengths; each world word and letter must be "
+                         "one token")
+    return torch.tensor(rows)
+
+
+def _noisy_words(rng: np.random.Generator, questions: list[MCQuestion], noise: float
+                 ) -> tuple[list[str], np.ndarray]:
+    """The word given before each letter, and which rows give the true one."""
+    words, true = [], rng.random(len(questions)) >= noise
+    for q, keep in zip(questions, true):
+        others = [o[3:] for o in q.options if o[3:] != q.answer_text]
+        words.append(q.answer_text if keep else others[int(rng.integers(len(others)))])
+    return words, true
+
+
+def with_completion(batch: dict, completion: torch.Tensor) -> dict:
+    """The prompt batch (left padded) with the completion tokens appended to every row."""
+    out = dict(batch)
+    ones = torch.ones_like(completion)
+    out["input_ids"] = torch.cat([batch["input_ids"], completion], 1)
+    out["attention_mask"] = torch.cat([batch["attention_mask"], ones], 1)
+    out["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], 0 * ones], 1)
+    return out
+
+
+def policy_loss(model, processor, videos, questions, words, true_word):
+    """Teacher-forced cross-entropy of "<word> <letter>": the word on rows that give the true
+    one, the separator and the letter on every row.
+
+    Returns:
+        (loss, word hits, letter hits) — hits of the argmax at each target position.
+    """
+    batch = text_batch(processor, videos, questions, [1.0] * len(videos))
+    completion = completion_ids(processor.tokenizer, questions, words)
+    c = completion.shape[1]
+    logits = model(**with_completion(batch, completion), logits_to_keep=c + 1).logits[:, :-1]
+    logp = torch.log_softmax(logits.float(), -1)
+    nll = -logp.gather(2, completion[:, :, None])[:, :, 0]  # (B, C)
+    keep = torch.ones_like(nll, dtype=torch.bool)
+    keep[:, 0] = torch.from_numpy(true_word)
+    loss = nll[keep].mean()
+    hits = logits.argmax(-1) == completion
+    return loss, hits[:, 0].numpy()[true_word], hits[:, -1].numpy()
+
+
+@torch.inference_mode()
+def evaluate_policy(model, processor, pool: VideoPool, n: int, count: int,
+                    batch: int = 32) -> dict:
+    """Held-out greedy answers at n frames: the word, the letter after the model's own word,
+    and how often the two agree."""
+    tok = processor.tokenizer
+    model.eval()
+    words_right = letters_right = agree = 0
+    for start in range(0, count, batch):
+        k = min(batch, count - start)
+        videos, questions, fps = pool.draw(n, k, np.ones(k, bool), _fps)
+        b = text_batch(processor, videos, questions, fps)
+        out = model.generate(**b, max_new_tokens=3, do_sample=False)[:, -3:]
+        for q, ids in zip(questions, out.tolist()):
+            text = tok.decode(ids).split()
+            word, letter = (text + ["", ""])[:2]
+            words_right += word == q.answer_text
+            letters_right += letter == q.answer
+            said = [o[0] for o in q.options if o[3:] == word]
+            agree += bool(said) and said[0] == letter
+    return {"word": words_right / count, "letter": letters_right / count,
+            "agree": agree / count, "n": count}
+
+
+def train_policy(vlm_dir: str | Path, out: str | Path, config: PolicyConfig = PolicyConfig()
+                 ) -> dict:
+    """Fine-tune the world VLM at `vlm_dir` into the policy checkpoint `out`.
+
+    Returns:
+        the figures written to `out/world.json` under "policy": settings, steps, wall_s, the
+        last 100 steps' training hits, held-out figures per frame count before and after.
+    """
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    vlm_dir, out = Path(vlm_dir), Path(out)
+    record = json.loads((vlm_dir / "world.json").read_text())
+    processor = AutoProcessor.from_pretrained(str(vlm_dir))
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(vlm_dir))
+    model.model.visual.requires_grad_(False)
+    backgrounds = Backgrounds()
+    rng = np.random.default_rng(config.seed)
+    held = np.random.default_rng(config.seed + 1000)
+    pool = VideoPool(model, processor, backgrounds, rng, OVERLAY, capacity=config.pool_size,
+                     fresh=reuse_fresh(config.batch, config.reuse))
+    held_pool = VideoPool(model, processor, backgrounds, held, OVERLAY,
+                          capacity=config.eval_count, fresh=1)
+    before = {n: evaluate_policy(model, processor, held_pool, n, config.eval_count)
+              for n in config.frames}
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
+    sched = warmup(opt, max(1, config.steps // 10))
+    start, word_hits, letter_hits = time.perf_counter(), [], []
+    model.train()
+    for step in range(config.steps):
+        n = int(rng.choice(config.frames))
+        videos, questions, _ = pool.draw(n, config.batch, np.ones(config.batch, bool), _fps)
+        words, true = _noisy_words(rng, questions, config.word_noise)
+        loss, w, letter = policy_loss(model, processor, videos, questions, words, true)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        word_hits += w.tolist()
+        letter_hits += letter.tolist()
+        if (step + 1) % 100 == 0:
+            log.info("policy step %d loss %.4f word %.3f letter %.3f", step + 1, loss.item(),
+                     np.mean(word_hits[-800:]), np.mean(letter_hits[-1600:]))
+    wall = time.perf_counter() - start
+    after = {n: evaluate_policy(model, processor, held_pool, n, config.eval_count)
+             for n in config.frames}
+    figures = {"settings": asdict(config), "steps": config.steps, "wall_s": round(wall, 1),
+               "train_word_last": float(np.mean(word_hits[-800:])),
+               "train_letter_last": float(np.mean(letter_hits[-1600:])),
+               "before": {str(n): v for n, v in before.items()},
+               "eval": {str(n): v for n, v in after.items()}}
+    out.mkdir(parents=True, exist_ok=True)
+    model.generation_config.eos_token_id = model.config.text_config.eos_token_id
+    model.generation_config.pad_token_id = model.config.text_config.pad_token_id
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    record["policy"] = figures
+    (out / "world.json").write_text(json.dumps(record, indent=1))
+    return figures
