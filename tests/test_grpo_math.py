@@ -23,6 +23,21 @@ def test_group_advantages_known_numbers():
     torch.testing.assert_close(b, torch.tensor([-2 / (2 * math.sqrt(2)), 2 / (2 * math.sqrt(2))]))
 
 
+def test_a_cf_term_shared_by_a_groups_correct_completions_leaves_the_advantages():
+    # why the world policy answers "<word> <letter>" (train/world_policy.py): when every correct
+    # completion of a group is the same text, they share α and so r_cov; then R = acc·(1 + λ·r)
+    # is acc scaled per group, and the group's std normalisation removes the scale — λ = 5 and
+    # λ = 0 give the same advantages (up to eps). Different r_cov among them breaks the tie.
+    acc = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+    r_cov = torch.tensor([0.3, 0.0, 0.3, 0.0, 0.0, 0.7, 0.7, 0.7])  # per group of 4: one value
+    plain = group_advantages(acc, 4)
+    torch.testing.assert_close(group_advantages(acc * (1 + 5 * r_cov), 4), plain, atol=1e-3,
+                               rtol=0)
+    mixed = r_cov.clone()
+    mixed[2] = 0.1  # two correct completions with different frame usage
+    assert not torch.allclose(group_advantages(acc * (1 + 5 * mixed), 4), plain, atol=1e-2)
+
+
 def test_group_advantages_errors():
     with pytest.raises(ValueError, match="whole number of groups"):
         group_advantages(torch.ones(5), group_size=2)

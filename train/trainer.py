@@ -198,7 +198,9 @@ def train(cfg: TrainConfig, resume: bool = False,
                     trained.append(Trained(rollout, advantages, old_logp, ref_logp))
             stats += later_updates(run, trained, step, t)
         metrics = log_step(run, step, scores, alphas, stats, t, lr)
-        steps.set_postfix(loss=f"{metrics['loss']:.4f}", reward=f"{metrics['reward']:.3f}")
+        steps.set_postfix(loss=f"{metrics['loss']:.4f}", reward=f"{metrics['reward']:.3f}",
+                          acc=f"{metrics['reward/accuracy']:.3f}",
+                          r_cov=f"{metrics['r_cov_mean']:.3f}", cf=f"{metrics['reward/cf']:.3f}")
     run.metrics_out.close()
     export_final(run.run_dir / "final", run.model, run.processor, run.engine, run.rank)
     return run.run_dir

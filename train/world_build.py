@@ -1,7 +1,8 @@
 """`videocfr world build`: train the world's tiny CLIP and tiny VLM once per version and seed.
 
-    videocfr world build [--seed 0] [--root caches/world] [--force]
-    videocfr world show  [--seed 0] [--root caches/world]
+    videocfr world build  [--seed 0] [--root caches/world] [--force]
+    videocfr world show   [--seed 0] [--root caches/world]
+    videocfr world policy [--seed 0] [--root caches/world] [--force]   (train.world_policy)
 
 The artifacts go to `world.artifacts.artifact_dir(root, seed)`; build.json, written last, marks
 a build complete. An up-to-date build is checked (version, sha256) and kept: nothing retrains
@@ -79,6 +80,42 @@ def build(root: str | os.PathLike = artifacts.DEFAULT_ROOT, seed: int = 0, *,
     return record
 
 
+def build_policy(root: str | os.PathLike = artifacts.DEFAULT_ROOT, seed: int = 0, *,
+                 force: bool = False, config=None) -> dict:
+    """Fine-tune the built VLM of a seed into its GRPO policy (`train.world_policy`), unless a
+    policy made from this very VLM (its weights' sha256) is there.
+
+    Returns:
+        the policy's figures (world.json's "policy" entry).
+    """
+    from videocfr.train.world_policy import PolicyConfig, train_policy
+
+    vlm = artifacts.vlm_checkpoint(root, seed)
+    out = artifacts.artifact_dir(root, seed) / artifacts.POLICY_DIR
+    vlm_sha = artifacts.sha256_of(vlm / "model.safetensors")
+    record = out / artifacts.VLM_RECORD
+    if record.is_file() and not force:
+        figures = json.loads(record.read_text()).get("policy", {})
+        if figures.get("vlm_sha256") == vlm_sha:
+            log.info("world policy %s is up to date; --force retrains", out)
+            return figures
+    if record.exists():
+        record.unlink()  # written last by train_policy: a half-written policy is never "done"
+    figures = train_policy(vlm, out, config or PolicyConfig(seed=seed), vlm_sha256=vlm_sha)
+    return figures
+
+
+def policy_summary(figures: dict) -> str:
+    """One line of the policy's held-out figures before and after its fine-tune."""
+    parts = [f"world policy: {figures['steps']} steps in {figures['wall_s']:.0f} s"]
+    for cell, ev in figures["eval"].items():
+        was = figures["before"][cell]
+        parts.append(f"{cell} word={ev['word']:.3f} letter={ev['letter']:.3f} "
+                     f"agree={ev['agree']:.3f} (before: {was['word']:.3f} / "
+                     f"{was['letter']:.3f}; chance 0.25)")
+    return "; ".join(parts)
+
+
 def summary(record: dict) -> str:
     """One line of the build's held-out figures."""
     clip, vlm = record["clip"], record["vlm"]
@@ -100,14 +137,21 @@ def main(argv: list[str] | None = None) -> int:
                                 description="train / show the world's tiny CLIP and VLM")
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("build", "train both models (kept when up to date)"),
-                       ("show", "check the artifacts and print their figures")):
+                       ("show", "check the artifacts and print their figures"),
+                       ("policy", "fine-tune the built VLM into the GRPO policy (kept when up "
+                                  "to date)")):
         s = sub.add_parser(name, help=text)
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--root", type=Path, default=artifacts.DEFAULT_ROOT)
-        if name == "build":
-            s.add_argument("--force", action="store_true", help="retrain an intact build")
+        if name != "show":
+            s.add_argument("--force", action="store_true", help="retrain an intact one")
     args = p.parse_args(argv)
     try:
+        if args.command == "policy":
+            figures = build_policy(args.root, args.seed, force=args.force)
+            print(policy_summary(figures))
+            print(f"policy: {artifacts.artifact_dir(args.root, args.seed) / artifacts.POLICY_DIR}")
+            return 0
         if args.command == "build":
             record = build(args.root, args.seed, force=args.force)
         else:

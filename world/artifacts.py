@@ -6,6 +6,8 @@ committed), one folder per generator version and seed:
     caches/world/v<WORLD_VERSION>-seed<SEED>/
         clip.pt       the world CLIP (open_clip checkpoint, `{"state_dict", "world"}`)
         vlm/          the world VLM (save_pretrained of model + processor, and world.json)
+        policy/       the GRPO policy (`videocfr world policy`: the VLM fine-tuned to answer
+                      "<word> <letter>"; world.json's "policy" entry has the VLM's sha256)
         build.json    world_version, seed, sha256 of clip.pt, the training figures
 
 Loading never retrains and never falls back to a random model: a missing artifact, one from
@@ -27,6 +29,7 @@ BUILD_FILE = "build.json"
 CLIP_FILE = "clip.pt"
 VLM_DIR = "vlm"
 VLM_RECORD = "world.json"
+POLICY_DIR = "policy"
 
 
 class WorldArtifactError(ValueError):

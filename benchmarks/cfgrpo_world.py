@@ -1,0 +1,276 @@
+"""CF-GRPO against accuracy-only GRPO in the world: two configs that differ only in λ.
+
+What it runs (each training in its own process, `videocfr train`):
+
+1. What `make train` reads (`make world-grpo`: the world's policy, `videocfr world policy`, and
+   V-NIAH overlay haystacks of 16 and 20 s precomputed with the world CLIP, K = 16 / 20
+   candidates at one per second); a held-out set beside it under ROOT/test: other lengths
+   (18, 22 s), other depths, another build seed (other objects, questions, source offsets).
+   Not held out: the background clips and the world's vocabulary.
+2. configs/train/world.yaml with reward.cf_lambda = 5 and = 0, run.seed = each of `--seeds`,
+   `--steps` steps each, nothing else changed (`cfg_overrides` below is the whole difference).
+3. From every run's metrics.jsonl and completions.jsonl, per step: R_acc, r_cov (Σ_g p_g α_g:
+   the trainer computes it whatever λ is), α's entropy, and α's mass on the needle's temporal
+   groups (the group of the needle's candidate; from the haystacks' needles.json), with the
+   prior's own mass on those groups beside it (what α would put there if it equalled the prior)
+   and 1 / groups (a uniform α).
+4. Held out: each final policy (and the starting policy) answers every test haystack greedily
+   (" <word> <letter>", the letter scored as the trainer scores it); its α over the test
+   haystack's groups gives the needle mass there too.
+
+    python benchmarks/cfgrpo_world.py [--seeds 0,1,2] [--steps 150] [--root runs/cfgrpo-world]
+
+Prints a Markdown table (per seed and λ: means over all steps and over the last third, held-out
+accuracy and needle mass), writes ROOT/curves.png (the four quantities against step, each seed
+thin, the seeds' mean thick, smoothed over 10 steps) and ROOT/results.json, and last the line
+`cfgrpo_world lambda5_rcov= lambda0_rcov= lambda5_acc= lambda0_acc= seeds= rcov_above_in=
+heldout5_acc= heldout0_acc= heldout_start_acc=` (training means over all steps and seeds; the
+r_cov comparison counted per seed).
+
+What it shows: whether, with the policy's own answers the only difference, adding λ·gate·r_cov
+moves the frames the policy's answer tokens use (α) toward the prior and what it does to
+accuracy, in a world where the prior finds the needle. What it does not show: anything about
+real video or a real video LLM (a 3-layer model with one-word "reasoning"), or a tuned result
+(the defaults were set once to fit the CPU budget; nothing was chosen after seeing a run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CONFIG = "configs/train/world.yaml"
+TEST_GRID = ["--lengths", "18,22", "--needles", "frame,overlay", "--seed", "22", "--depths",
+             ",".join(f"{(i + 0.5) / 10:.3f}" for i in range(10))]
+QUANTITIES = ("accuracy", "r_cov", "alpha_entropy", "needle_mass")
+
+
+def run(cmd: list[str]) -> None:
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def train_side_by_side(jobs: list[tuple[Path, list[str]]]) -> None:
+    """The trainings of one seed at once, one thread each (the machine has two cores); each
+    one's log goes to ROOT/<run name>.log."""
+    import os
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    procs = []
+    for out, overrides in jobs:
+        out.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "videocfr", "train", "--config", CONFIG,
+               "--output-dir", str(out), *overrides]
+        print("$", " ".join(cmd), flush=True)
+        log = (out.parent / f"{out.name}.log").open("w")
+        procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
+                                       stderr=subprocess.STDOUT), out))
+    for proc, out in procs:
+        if proc.wait() != 0:
+            raise SystemExit(f"training {out} failed; see {out.parent / (out.name + '.log')}")
+
+
+def cfg_overrides(lam: float, seed: int, steps: int) -> list[str]:
+    """The only settings the runs change: λ, the seed, the step count."""
+    return [f"reward.cf_lambda={lam}", f"run.seed={seed}", f"run.max_steps={steps}"]
+
+
+def per_step(run_dir: Path, groups: dict[str, list[int]], priors) -> dict[str, np.ndarray]:
+    """Per-step series of one run: R_acc, r_cov, α entropy (metrics.jsonl), α's needle mass
+    and the prior's own needle mass (completions.jsonl)."""
+    from videocfr.vlm.alpha import group_prior
+
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    out = {"accuracy": np.array([r["reward/accuracy"] for r in rows]),
+           "r_cov": np.array([r["r_cov_mean"] for r in rows]),
+           "alpha_entropy": np.array([r["alpha_entropy"] for r in rows])}
+    mass: dict[int, list[float]] = {}
+    prior_mass: dict[int, list[float]] = {}
+    for line in (run_dir / "completions.jsonl").read_text().splitlines():
+        c = json.loads(line)
+        if c["alpha"] is None:
+            continue
+        g = groups[c["video_id"]]
+        mass.setdefault(c["step"], []).append(float(np.sum(np.asarray(c["alpha"])[g])))
+        p = group_prior(priors[c["video_id"], c["question_id"]], len(c["alpha"]))
+        prior_mass.setdefault(c["step"], []).append(float(np.sum(p[g])))
+    steps = sorted(mass)
+    out["needle_mass"] = np.array([np.mean(mass[s]) for s in steps])
+    out["prior_needle_mass"] = np.array([np.mean(prior_mass[s]) for s in steps])
+    return out
+
+
+def question_data(cache_dir: Path, build_dir: Path):
+    """(needle groups per video, prior per (video, question)) of a haystack set's cache."""
+    from videocfr.cache_format import Cache
+    from videocfr.evaluate.vniah.build import load_needles
+    from videocfr.evaluate.vniah.run import needle_positions
+
+    cache = Cache(cache_dir)
+    groups, priors = {}, {}
+    for needle in load_needles(build_dir):
+        video = cache.video(needle.video_id)
+        groups[needle.video_id] = sorted({int(t) // 2 for t in
+                                          needle_positions(video.timestamps, needle)})
+    for key in cache.keys():
+        priors[key] = np.asarray(cache.question(*key).prior, np.float64)
+    return groups, priors
+
+
+def held_out(policy: Path, cache_dir: Path, groups, tau: float) -> dict[str, float]:
+    """Greedy answers of a policy on every test haystack: accuracy (final letter) and α's
+    needle mass (α of the greedy completion, as the trainer computes it)."""
+    import torch
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    from videocfr.train.data import CacheSamples, process
+    from videocfr.vlm.alpha import frame_usage, video_group_spans
+    from videocfr.vlm.answers import answer_accuracy, completion_answer
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(policy)).eval()
+    processor = AutoProcessor.from_pretrained(str(policy))
+    processor.tokenizer.padding_side = "left"
+    samples = CacheSamples(cache_dir, prompt="letter")
+    right, mass = [], []
+    with torch.inference_mode():
+        for i in range(len(samples)):
+            s = samples[i]
+            batch = process(processor, [s])
+            ids = model.generate(**batch, max_new_tokens=3, do_sample=False)
+            text = processor.tokenizer.decode(ids[0, batch["input_ids"].shape[1]:],
+                                              skip_special_tokens=True)
+            right.append(answer_accuracy(completion_answer(text, "final-letter"), s.answer,
+                                         "multiple choice", mode="final-letter"))
+            full = dict(batch, input_ids=ids, attention_mask=torch.ones_like(ids),
+                        mm_token_type_ids=torch.nn.functional.pad(
+                            batch["mm_token_type_ids"], (0, ids.shape[1] -
+                                                         batch["input_ids"].shape[1])))
+            hidden = model(**full, output_hidden_states=True).hidden_states[-1]
+            spans = video_group_spans(ids, batch["video_grid_thw"], model.config.video_token_id)
+            mask = torch.zeros_like(ids)
+            mask[:, batch["input_ids"].shape[1]:] = 1
+            alpha = frame_usage(hidden, spans, mask, tau=tau)[0]
+            mass.append(float(alpha[groups[s.video_id]].sum()))
+    return {"accuracy": float(np.mean(right)), "needle_mass": float(np.mean(mass)),
+            "questions": len(samples)}
+
+
+def plot(series: dict, out: Path, window: int = 10) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(QUANTITIES), figsize=(4.2 * len(QUANTITIES), 3.4))
+    kernel = np.ones(window) / window
+    for ax, name in zip(axes, QUANTITIES):
+        for lam, colour in (("5", "tab:red"), ("0", "tab:blue")):
+            runs = [v[name] for (la, _), v in series.items() if la == lam]
+            smooth = [np.convolve(r, kernel, mode="valid") for r in runs]
+            for r in smooth:
+                ax.plot(np.arange(len(r)) + window, r, color=colour, alpha=0.25, lw=0.8)
+            ax.plot(np.arange(len(smooth[0])) + window, np.mean(smooth, 0), color=colour,
+                    lw=2, label=f"λ = {lam}")
+        if name == "needle_mass":
+            prior = np.mean([np.mean(v["prior_needle_mass"]) for v in series.values()])
+            ax.axhline(prior, color="grey", ls="--", lw=1, label="prior's own")
+        ax.set_title(name.replace("_", " "))
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--root", type=Path, default=Path("runs/cfgrpo-world"))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--lambdas", default="5,0")
+    args = ap.parse_args()
+    from videocfr.train.config import load_config
+
+    cfg = load_config(ROOT / CONFIG)
+    train_cache = Path(cfg.data.cache_dir)
+    grpo_dir = train_cache.parent
+    policy = Path(cfg.model.path)
+    root = args.root if args.root.is_absolute() else ROOT / args.root
+    run(["make", "-s", "world-grpo"])
+    test_dir, test_cache = root / "test", root / "test-cache"
+    if not (test_dir / "needles.json").is_file():
+        run([sys.executable, "-m", "videocfr", "evaluate", "vniah", "build", str(test_dir),
+             *TEST_GRID])
+    run([sys.executable, "-m", "videocfr", "precompute", "--config",
+         "configs/precompute/world.yaml", "--dataset", str(test_dir / "dataset.yaml"),
+         "--out", str(test_cache)])
+    groups, priors = question_data(ROOT / train_cache, ROOT / grpo_dir / "train")
+    test_groups, _ = question_data(test_cache, test_dir)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    series, table = {}, []
+    start = held_out(ROOT / policy, test_cache, test_groups, cfg.reward.tau_alpha)
+    print(f"starting policy, held out: {start}", flush=True)
+    for seed in seeds:
+        jobs = []
+        for lam in args.lambdas.split(","):
+            out = root / f"lambda{lam}-seed{seed}"
+            if not (out / "final").is_dir():
+                if out.exists():
+                    shutil.rmtree(out)
+                jobs.append((out, cfg_overrides(float(lam), seed, args.steps)))
+        train_side_by_side(jobs)
+        for lam in args.lambdas.split(","):
+            out = root / f"lambda{lam}-seed{seed}"
+            s = per_step(out, groups, priors)
+            series[lam, seed] = s
+            held = held_out(out / "final", test_cache, test_groups, cfg.reward.tau_alpha)
+            third = len(s["accuracy"]) // 3
+            row = {"lambda": lam, "seed": seed,
+                   **{f"{k}_mean": float(np.nanmean(s[k])) for k in QUANTITIES},
+                   **{f"{k}_last": float(np.nanmean(s[k][-third:])) for k in QUANTITIES},
+                   "prior_needle_mass": float(np.mean(s["prior_needle_mass"])),
+                   "heldout_accuracy": held["accuracy"], "heldout_needle_mass": held["needle_mass"]}
+            table.append(row)
+            print(json.dumps(row), flush=True)
+    plot(series, root / "curves.png")
+    groups_count = np.mean([len(priors[k]) // 2 for k in priors])
+    print(f"\nheld-out set: {start['questions']} haystacks (L 18, 22 s; other depths and seed); "
+          f"starting policy: accuracy {start['accuracy']:.3f}, needle mass "
+          f"{start['needle_mass']:.3f}; answer chance 0.25; uniform α needle mass "
+          f"{1 / groups_count:.3f} (1 / mean groups)\n")
+    print("| λ | seed | acc (all / last third) | r_cov | α entropy | α needle mass | "
+          "held-out acc | held-out needle mass |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in table:
+        print(f"| {r['lambda']} | {r['seed']} | {r['accuracy_mean']:.3f} / "
+              f"{r['accuracy_last']:.3f} | {r['r_cov_mean']:.4f} / {r['r_cov_last']:.4f} | "
+              f"{r['alpha_entropy_mean']:.3f} | {r['needle_mass_mean']:.4f} / "
+              f"{r['needle_mass_last']:.4f} | {r['heldout_accuracy']:.3f} | "
+              f"{r['heldout_needle_mass']:.4f} |")
+    by = {lam: [r for r in table if r["lambda"] == lam] for lam in ("5", "0")}
+    above = sum(a["r_cov_mean"] > b["r_cov_mean"] for a, b in zip(by["5"], by["0"]))
+    result = {"rows": table, "start": start, "seeds": seeds, "steps": args.steps}
+    (root / "results.json").write_text(json.dumps(result, indent=1))
+
+    def mean(lam, key):
+        return float(np.mean([r[key] for r in by[lam]]))
+
+    print(f"cfgrpo_world lambda5_rcov={mean('5', 'r_cov_mean'):.4f} "
+          f"lambda0_rcov={mean('0', 'r_cov_mean'):.4f} "
+          f"lambda5_acc={mean('5', 'accuracy_mean'):.3f} "
+          f"lambda0_acc={mean('0', 'accuracy_mean'):.3f} seeds={len(seeds)} "
+          f"rcov_above_in={above}/{len(seeds)} "
+          f"heldout5_acc={mean('5', 'heldout_accuracy'):.3f} "
+          f"heldout0_acc={mean('0', 'heldout_accuracy'):.3f} "
+          f"heldout_start_acc={start['accuracy']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
