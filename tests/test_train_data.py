@@ -189,6 +189,11 @@ def test_shipped_configs_load():
         cfg = load_config(f"configs/train/{name}.yaml")
         assert cfg.reward.temporal and cfg.model.bf16
         family_named(family).check_engine(cfg.rollout.vision_once, cfg.rollout.engine)
+    world = load_config("configs/train/world.yaml")  # make train: the world's policy
+    assert (world.data.prompt, world.reward.answer_mode, world.grpo.beta) == \
+        ("letter", "final-letter", 0.0)
+    assert world.model.freeze_vision and world.run.log_completions
+    assert world.grpo.max_completion_length == 3  # " <word>", " ", "<letter>"
     ref = load_config("configs/train/videocfr_ref.yaml")  # VideoCFR's run script
     assert ref.reward.temporal and ref.reward.len_control and ref.reward.gate == "hard"
     assert (ref.grpo.num_generations, ref.grpo.max_completion_length, ref.grpo.top_p,

@@ -76,6 +76,32 @@ def test_three_steps_finite_loss_and_weights_change(data, tmp_path):
     assert (run / "final" / "config.json").is_file()  # loadable as model.path
 
 
+def test_frozen_tower_stays_and_completions_are_logged_with_their_alpha(data, tmp_path):
+    # model.freeze_vision: the language model trains, the vision tower does not move;
+    # run.log_completions: one row per completion with its key, R_acc, CF term and α
+    run = trainer_mod.train(config(data, tmp_path / "run", model={"freeze_vision": True},
+                                   run={"max_steps": 2, "log_completions": True}),
+                            extra_rewards=[LengthReward()])
+    after = load_file(str(run / "checkpoints" / "step-000002" / "model.safetensors"))
+    before = initial_weights()
+    tower = [k for k in before if ".visual." in k]
+    assert tower and all(torch.equal(before[k], after[k]) for k in tower)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k not in tower)
+    rows = [json.loads(x) for x in (run / "completions.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1] * G + [2] * G
+    keys = set(data_keys(data))
+    for r in rows:
+        assert (r["video_id"], r["question_id"]) in keys and r["accuracy"] in (0.0, 1.0)
+        assert len(r["alpha"]) == 4 and abs(sum(r["alpha"]) - 1) < 1e-4  # K = 8: 4 groups
+        assert isinstance(r["completion"], str)
+
+
+def data_keys(fixture) -> list[tuple[str, str]]:
+    from videocfr.cache_format import Cache
+
+    return list(Cache(fixture["cache"]).keys())
+
+
 def test_without_advantage_signal_nothing_moves(data, tmp_path):
     # All rewards 0 for a random model (see module docstring), β·KL has zero gradient at
     # π = π_ref, no weight decay: the update must be exactly zero. Guards against the loss
