@@ -100,7 +100,7 @@ def per_step(run_dir: Path, groups: dict[str, list[int]], priors) -> dict[str, n
             continue
         g = groups[c["video_id"]]
         mass.setdefault(c["step"], []).append(float(np.sum(np.asarray(c["alpha"])[g])))
-        p = group_prior(priors[c["video_id"], c["question_id"]], len(c["alpha"]))
+        p = group_prior(priors[c["video_id"], c["question_id"]])
         prior_mass.setdefault(c["step"], []).append(float(np.sum(p[g])))
     steps = sorted(mass)
     out["needle_mass"] = np.array([np.mean(mass[s]) for s in steps])

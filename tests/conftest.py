@@ -43,6 +43,22 @@ def tiny_vlm():
 
 
 @pytest.fixture(scope="session")
+def world_model():
+    """(model, processor, backgrounds): a random world-shaped Qwen2.5-VL (seed 0) with the world
+    processor, and 224 x 126 background frames, built once."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from videocfr.train.world_vlm import world_processor
+    from videocfr.vlm.tiny import tiny_config
+    from videocfr.world.frames import Backgrounds
+
+    torch.manual_seed(0)
+    processor = world_processor(0)
+    model = Qwen2_5_VLForConditionalGeneration(tiny_config(processor.tokenizer, "world")).eval()
+    return model, processor, Backgrounds(size=(224, 126))
+
+
+@pytest.fixture(scope="session")
 def tiny_scorer():
     """The frozen scorer over the tiny random Qwen2.5-VL (seed 0, batches of 4)."""
     from videocfr.vlm.scorer import FrozenScorer

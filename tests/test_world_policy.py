@@ -21,20 +21,7 @@ from videocfr.train.world_policy import (  # noqa: E402
 )
 from videocfr.train.world_pool import VideoPool, text_batch  # noqa: E402
 from videocfr.world.captions import make_question  # noqa: E402
-from videocfr.world.frames import Backgrounds  # noqa: E402
 from videocfr.world.objects import sample_object  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def world_model():
-    from transformers import Qwen2_5_VLForConditionalGeneration
-    from videocfr.train.world_vlm import world_processor
-    from videocfr.vlm.tiny import tiny_config
-
-    torch.manual_seed(0)
-    processor = world_processor(0)
-    model = Qwen2_5_VLForConditionalGeneration(tiny_config(processor.tokenizer, "world")).eval()
-    return model, processor, Backgrounds(size=(224, 126))
 
 
 def test_teacher_forced_positions_are_the_ones_generation_samples(world_model):

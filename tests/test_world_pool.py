@@ -15,18 +15,6 @@ from videocfr.world.frames import Backgrounds  # noqa: E402
 from videocfr.world.samples import video_qa  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def world_model():
-    from transformers import Qwen2_5_VLForConditionalGeneration
-    from videocfr.train.world_vlm import world_processor
-    from videocfr.vlm.tiny import tiny_config
-
-    torch.manual_seed(0)
-    processor = world_processor(0)
-    model = Qwen2_5_VLForConditionalGeneration(tiny_config(processor.tokenizer, "world")).eval()
-    return model, processor, Backgrounds(size=(224, 126))
-
-
 def test_pooled_batch_is_the_processors_batch_and_gives_the_same_logits(world_model):
     from videocfr.train.world_vlm import make_batch
 

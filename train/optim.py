@@ -71,6 +71,16 @@ def warmup(optimizer, steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / steps))
 
 
+def clipped_step(optimizer, scheduler, loss, params, max_norm: float = 1.0) -> None:
+    """One update of the world models' trainers: backward, the gradient norm clipped to
+    `max_norm`, the optimizer's and the scheduler's step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    optimizer.step()
+    scheduler.step()
+
+
 def set_lr(optimizer, lr: float) -> None:
     """Set every parameter group's rate (a DeepSpeed ZeRO optimizer exposes its groups too)."""
     for group in optimizer.param_groups:

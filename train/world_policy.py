@@ -35,9 +35,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from videocfr.train.optim import warmup
+from videocfr.train.optim import clipped_step, warmup
 from videocfr.train.world_pool import VideoPool, reuse_fresh, text_batch
 from videocfr.train.world_vision import word_token_ids
+from videocfr.train.world_vlm import save_vlm
 from videocfr.world.captions import MCQuestion
 from videocfr.world.frames import Backgrounds
 
@@ -209,11 +210,7 @@ def train_policy(vlm_dir: str | Path, out: str | Path, config: PolicyConfig = Po
         videos, questions, _ = pool.draw(n, config.batch, np.ones(config.batch, bool), _fps)
         words, true = _noisy_words(rng, questions, config.word_noise)
         loss, w, letter = policy_loss(model, processor, videos, questions, words, true)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        clipped_step(opt, sched, loss, params)
         word_hits += w.tolist()
         letter_hits += letter.tolist()
         if (step + 1) % 100 == 0:
@@ -226,11 +223,7 @@ def train_policy(vlm_dir: str | Path, out: str | Path, config: PolicyConfig = Po
                "train_word_last": float(np.mean(word_hits[-800:])),
                "train_letter_last": float(np.mean(letter_hits[-1600:])),
                "before": before, "eval": after}
-    out.mkdir(parents=True, exist_ok=True)
-    model.generation_config.eos_token_id = model.config.text_config.eos_token_id
-    model.generation_config.pad_token_id = model.config.text_config.pad_token_id
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    save_vlm(model, processor, out)
     record["policy"] = figures
     tmp = out / "world.json.tmp"
     tmp.write_text(json.dumps(record, indent=1))

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from videocfr.train.optim import warmup_cosine
+from videocfr.train.optim import clipped_step, warmup_cosine
 from videocfr.world.frames import Backgrounds
 from videocfr.world.objects import COLOURS, SHAPES, SIZE_RANGE, WorldObject, draw_all
 from videocfr.world.samples import VideoQA
@@ -260,11 +260,7 @@ def vision_stage(model, head: WordHead, processor, backgrounds: Backgrounds,
         labels = group_labels(objects, x["video_grid_thw"])
         loss, acc = vision_loss(model, head, x["pixel_values_videos"], x["video_grid_thw"],
                                 labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        clipped_step(opt, sched, loss, params)
         hist[kind].append(acc)
         if (step + 1) % 100 == 0:
             log.info("vision step %d (%s) loss %.3f colour %.3f shape %.3f", step + 1, kind,

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from videocfr.train.optim import warmup
+from videocfr.train.optim import clipped_step, warmup
 from videocfr.train.world_pool import (
     VideoPool,
     even_frames,
@@ -391,11 +391,7 @@ def letter_stage(model, match_head, tokenizer, rng: np.random.Generator, stage: 
             loss = loss + extra
             letters.append(float(np.mean(letter_hits)))
             words.append(float(np.mean(word_hits)))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        clipped_step(opt, sched, loss, params)
         hits.append(float((z.argmax(-1) == truth).float().mean()))
         if (step + 1) % 100 == 0:
             log.info("letter step %d loss %.4f text accuracy %.3f video letter %.3f word %.3f",
@@ -527,11 +523,7 @@ def question_stage(model, match_head, word_head, processor, backgrounds: Backgro
         loss, letters, words = question_loss(model, match_head, word_head, processor,
                                              backgrounds, rng, stage, config,
                                              i / max(1, stage.steps - 1), pool)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        clipped_step(opt, sched, loss, params)
         letter_hits += letters.tolist()
         word_hits += words.tolist()
         if (i + 1) % 50 == 0:
@@ -556,7 +548,7 @@ def freeze_rows(weight, rows: list[int]) -> None:
     weight.register_hook(lambda grad: grad * mask)
 
 
-def _save(model, processor, out: Path) -> None:
+def save_vlm(model, processor, out: Path) -> None:
     """save_pretrained of model and processor into `out` (generation ids set)."""
     out.mkdir(parents=True, exist_ok=True)
     text = model.config.text_config
@@ -612,7 +604,7 @@ def train_vlm(config: VlmTrainConfig, out: str | Path, init: str | Path | None =
                               lambda r: video_qa(r, backgrounds, 2), spare_core)
         log.info("world VLM vision stage: %s", vision)
     if vision is not None:
-        _save(model, processor, Path(out))  # a checkpoint to continue the question stages from
+        save_vlm(model, processor, Path(out))  # a checkpoint to continue the question stages from
     model.model.visual.requires_grad_(config.train_tower)
     if not config.train_embeddings:
         freeze_rows(model.get_input_embeddings().weight, word_token_ids(
@@ -634,7 +626,7 @@ def train_vlm(config: VlmTrainConfig, out: str | Path, init: str | Path | None =
             stages.append(question_stage(model, match_head, word_head, processor, backgrounds,
                                          rng, stage, config))
         log.info("world VLM stage %d: %s", len(stages), stages[-1])
-        _save(model, processor, Path(out))  # each finished stage: a checkpoint to continue from
+        save_vlm(model, processor, Path(out))  # each finished stage: a checkpoint to continue from
     wall = time.perf_counter() - start
     figures = {"world_version": WORLD_VERSION, "seed": config.seed,
                "config": asdict(config), "wall_s": round(wall, 1),
@@ -650,7 +642,7 @@ def train_vlm(config: VlmTrainConfig, out: str | Path, init: str | Path | None =
             "no_needle": evaluate_needle(model, processor, backgrounds, held_out, n,
                                          config.eval_per_n, False)}
     out = Path(out)
-    _save(model, processor, out)
+    save_vlm(model, processor, out)
     (out / "world.json").write_text(json.dumps(figures, indent=1))
     log.info("world VLM: %s", json.dumps(figures["eval"]))
     return figures
