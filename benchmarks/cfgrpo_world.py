@@ -19,6 +19,10 @@ What it runs (each training in its own process, `videocfr train`):
    haystack's groups gives the needle mass there too.
 
     python benchmarks/cfgrpo_world.py [--seeds 0,1,2] [--steps 150] [--root runs/cfgrpo-world]
+    python benchmarks/cfgrpo_world.py --lambdas 5 --set reward.temporal=true --name temporal
+        (T-GRPO's temporal reward on, beside the λ = 5 runs of the first call: the second ablation)
+
+Runs whose folder holds a finished policy (final/) are read, not retrained.
 
 Prints a Markdown table (per seed and λ: means over all steps and over the last third, held-out
 accuracy and needle mass), writes ROOT/curves.png (the four quantities against step, each seed
@@ -58,22 +62,25 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
-def train_side_by_side(jobs: list[tuple[Path, list[str]]]) -> None:
-    """The trainings of one seed at once, one thread each (the machine has two cores); each
+def train_side_by_side(jobs: list[tuple[Path, list[str]]], parallel: int = 2) -> None:
+    """The trainings, `parallel` at a time, one thread each (the machine has two cores); each
     one's log goes to ROOT/<run name>.log."""
     import os
 
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    procs = []
-    for out, overrides in jobs:
-        out.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "videocfr", "train", "--config", CONFIG,
-               "--output-dir", str(out), *overrides]
-        print("$", " ".join(cmd), flush=True)
-        log = (out.parent / f"{out.name}.log").open("w")
-        procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
-                                       stderr=subprocess.STDOUT), out))
-    for proc, out in procs:
+    running: list[tuple[subprocess.Popen, Path]] = []
+    queue = list(jobs)
+    while queue or running:
+        while queue and len(running) < parallel:
+            out, overrides = queue.pop(0)
+            out.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, "-m", "videocfr", "train", "--config", CONFIG,
+                   "--output-dir", str(out), *overrides]
+            print("$", " ".join(cmd), flush=True)
+            log = (out.parent / f"{out.name}.log").open("w")
+            running.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
+                                             stderr=subprocess.STDOUT), out))
+        proc, out = running.pop(0)
         if proc.wait() != 0:
             raise SystemExit(f"training {out} failed; see {out.parent / (out.name + '.log')}")
 
@@ -94,17 +101,37 @@ def per_step(run_dir: Path, groups: dict[str, list[int]], priors) -> dict[str, n
            "alpha_entropy": np.array([r["alpha_entropy"] for r in rows])}
     mass: dict[int, list[float]] = {}
     prior_mass: dict[int, list[float]] = {}
+    correct: dict[tuple, list[float]] = {}  # r_cov of each group's correct completions
+    answers: dict[tuple, list[float]] = {}  # R_acc of each group's completions
+    texts: dict[tuple, set[str]] = {}  # each group's correct completions' texts
     for line in (run_dir / "completions.jsonl").read_text().splitlines():
         c = json.loads(line)
         if c["alpha"] is None:
             continue
         g = groups[c["video_id"]]
-        mass.setdefault(c["step"], []).append(float(np.sum(np.asarray(c["alpha"])[g])))
+        alpha = np.asarray(c["alpha"])
+        mass.setdefault(c["step"], []).append(float(np.sum(alpha[g])))
         p = group_prior(priors[c["video_id"], c["question_id"]])
         prior_mass.setdefault(c["step"], []).append(float(np.sum(p[g])))
+        key = (c["step"], c["video_id"], c["question_id"])
+        answers.setdefault(key, []).append(c["accuracy"])
+        if c["accuracy"] == 1.0:
+            correct.setdefault(key, []).append(float(p @ alpha))
+            texts.setdefault(key, set()).add(c["completion"])
     steps = sorted(mass)
     out["needle_mass"] = np.array([np.mean(mass[s]) for s in steps])
     out["prior_needle_mass"] = np.array([np.mean(prior_mass[s]) for s in steps])
+    # what λ can act on: how much r_cov differs between one prompt's correct completions (the
+    # rest of λ·r_cov scales the group's rewards and the std normalisation removes it)
+    spreads = [np.std(v) for v in correct.values() if len(v) >= 2]
+    out["correct_rcov_std"] = np.array([np.mean(spreads) if spreads else np.nan])
+    # groups whose completions are all correct: there λ = 0 gives no advantage and λ > 0 the
+    # whole of it (the std normalisation scales the small r_cov differences up to unit size)
+    out["all_correct_share"] = np.array([np.mean([min(v) == 1.0 for v in answers.values()])])
+    # of the groups with two or more correct completions, those whose correct texts differ
+    # (only there can their α, and so their r_cov, differ)
+    several = [k for k, v in correct.items() if len(v) >= 2]
+    out["distinct_correct_share"] = np.array([np.mean([len(texts[k]) > 1 for k in several])])
     return out
 
 
@@ -173,6 +200,8 @@ def plot(series: dict, out: Path, window: int = 10) -> None:
     for ax, name in zip(axes, QUANTITIES):
         for lam, colour in (("5", "tab:red"), ("0", "tab:blue")):
             runs = [v[name] for (la, _), v in series.items() if la == lam]
+            if not runs:
+                continue
             smooth = [np.convolve(r, kernel, mode="valid") for r in runs]
             for r in smooth:
                 ax.plot(np.arange(len(r)) + window, r, color=colour, alpha=0.25, lw=0.8)
@@ -185,7 +214,7 @@ def plot(series: dict, out: Path, window: int = 10) -> None:
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=80)
     plt.close(fig)
 
 
@@ -195,6 +224,10 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--lambdas", default="5,0")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="more config overrides for every run of this call (e.g. "
+                         "reward.temporal=true, T-GRPO's ablation); runs go to NAME-lambda*")
+    ap.add_argument("--name", default="", help="prefix of this call's run folders")
     args = ap.parse_args()
     from videocfr.train.config import load_config
 
@@ -214,20 +247,22 @@ def main() -> None:
     groups, priors = question_data(ROOT / train_cache, ROOT / grpo_dir / "train")
     test_groups, _ = question_data(test_cache, test_dir)
     seeds = [int(s) for s in args.seeds.split(",")]
+    prefix = f"{args.name}-" if args.name else ""
     series, table = {}, []
     start = held_out(ROOT / policy, test_cache, test_groups, cfg.reward.tau_alpha)
     print(f"starting policy, held out: {start}", flush=True)
+    jobs = []
     for seed in seeds:
-        jobs = []
         for lam in args.lambdas.split(","):
-            out = root / f"lambda{lam}-seed{seed}"
+            out = root / f"{prefix}lambda{lam}-seed{seed}"
             if not (out / "final").is_dir():
                 if out.exists():
                     shutil.rmtree(out)
-                jobs.append((out, cfg_overrides(float(lam), seed, args.steps)))
-        train_side_by_side(jobs)
+                jobs.append((out, cfg_overrides(float(lam), seed, args.steps) + args.set))
+    train_side_by_side(jobs)
+    for seed in seeds:
         for lam in args.lambdas.split(","):
-            out = root / f"lambda{lam}-seed{seed}"
+            out = root / f"{prefix}lambda{lam}-seed{seed}"
             s = per_step(out, groups, priors)
             series[lam, seed] = s
             held = held_out(out / "final", test_cache, test_groups, cfg.reward.tau_alpha)
@@ -236,28 +271,38 @@ def main() -> None:
                    **{f"{k}_mean": float(np.nanmean(s[k])) for k in QUANTITIES},
                    **{f"{k}_last": float(np.nanmean(s[k][-third:])) for k in QUANTITIES},
                    "prior_needle_mass": float(np.mean(s["prior_needle_mass"])),
+                   "correct_rcov_std": float(s["correct_rcov_std"][0]),
+                   "all_correct_share": float(s["all_correct_share"][0]),
+                   "distinct_correct_share": float(s["distinct_correct_share"][0]),
                    "heldout_accuracy": held["accuracy"], "heldout_needle_mass": held["needle_mass"]}
             table.append(row)
             print(json.dumps(row), flush=True)
-    plot(series, root / "curves.png")
+    plot(series, root / f"{prefix}curves.png")
     groups_count = np.mean([len(priors[k]) // 2 for k in priors])
     print(f"\nheld-out set: {start['questions']} haystacks (L 18, 22 s; other depths and seed); "
           f"starting policy: accuracy {start['accuracy']:.3f}, needle mass "
           f"{start['needle_mass']:.3f}; answer chance 0.25; uniform α needle mass "
-          f"{1 / groups_count:.3f} (1 / mean groups)\n")
+          f"{1 / groups_count:.3f} (1 / mean groups); the prior's own mass on them "
+          f"{np.mean([r['prior_needle_mass'] for r in table]):.3f} (training haystacks)\n")
     print("| λ | seed | acc (all / last third) | r_cov | α entropy | α needle mass | "
+          "r_cov std among a prompt's correct | all-correct groups | correct texts differ | "
           "held-out acc | held-out needle mass |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in table:
         print(f"| {r['lambda']} | {r['seed']} | {r['accuracy_mean']:.3f} / "
               f"{r['accuracy_last']:.3f} | {r['r_cov_mean']:.4f} / {r['r_cov_last']:.4f} | "
               f"{r['alpha_entropy_mean']:.3f} | {r['needle_mass_mean']:.4f} / "
-              f"{r['needle_mass_last']:.4f} | {r['heldout_accuracy']:.3f} | "
+              f"{r['needle_mass_last']:.4f} | {r['correct_rcov_std']:.4f} | "
+              f"{r['all_correct_share']:.3f} | {r['distinct_correct_share']:.3f} | "
+              f"{r['heldout_accuracy']:.3f} | "
               f"{r['heldout_needle_mass']:.4f} |")
     by = {lam: [r for r in table if r["lambda"] == lam] for lam in ("5", "0")}
+    result_set = {"set": args.set}
     above = sum(a["r_cov_mean"] > b["r_cov_mean"] for a, b in zip(by["5"], by["0"]))
-    result = {"rows": table, "start": start, "seeds": seeds, "steps": args.steps}
-    (root / "results.json").write_text(json.dumps(result, indent=1))
+    result = {"rows": table, "start": start, "seeds": seeds, "steps": args.steps, **result_set}
+    (root / f"{prefix}results.json").write_text(json.dumps(result, indent=1))
+    if not (by["5"] and by["0"]):
+        return
 
     def mean(lam, key):
         return float(np.mean([r[key] for r in by[lam]]))
