@@ -121,9 +121,10 @@ def per_step(run_dir: Path, groups: dict[str, list[int]], priors) -> dict[str, n
     steps = sorted(mass)
     out["needle_mass"] = np.array([np.mean(mass[s]) for s in steps])
     out["prior_needle_mass"] = np.array([np.mean(prior_mass[s]) for s in steps])
-    # what λ can act on: how much r_cov differs between one prompt's correct completions (the
-    # rest of λ·r_cov scales the group's rewards and the std normalisation removes it)
-    spreads = [np.std(v) for v in correct.values() if len(v) >= 2]
+    # what λ acts on where it acts most: how much r_cov differs between the completions of a
+    # group that are all correct (elsewhere most of λ·r_cov scales the group's rewards, which
+    # the std normalisation removes)
+    spreads = [np.std(correct[k]) for k, v in answers.items() if min(v) == 1.0]
     out["correct_rcov_std"] = np.array([np.mean(spreads) if spreads else np.nan])
     # groups whose completions are all correct: there λ = 0 gives no advantage and λ > 0 the
     # whole of it (the std normalisation scales the small r_cov differences up to unit size)
@@ -265,7 +266,12 @@ def main() -> None:
             out = root / f"{prefix}lambda{lam}-seed{seed}"
             s = per_step(out, groups, priors)
             series[lam, seed] = s
-            held = held_out(out / "final", test_cache, test_groups, cfg.reward.tau_alpha)
+            cached = out / "heldout.json"  # the held-out answers of this run's final policy
+            if cached.is_file():
+                held = json.loads(cached.read_text())
+            else:
+                held = held_out(out / "final", test_cache, test_groups, cfg.reward.tau_alpha)
+                cached.write_text(json.dumps(held))
             third = len(s["accuracy"]) // 3
             row = {"lambda": lam, "seed": seed,
                    **{f"{k}_mean": float(np.nanmean(s[k])) for k in QUANTITIES},
@@ -285,7 +291,7 @@ def main() -> None:
           f"{1 / groups_count:.3f} (1 / mean groups); the prior's own mass on them "
           f"{np.mean([r['prior_needle_mass'] for r in table]):.3f} (training haystacks)\n")
     print("| λ | seed | acc (all / last third) | r_cov | α entropy | α needle mass | "
-          "r_cov std among a prompt's correct | all-correct groups | correct texts differ | "
+          "r_cov std in all-correct groups | all-correct groups | correct texts differ | "
           "held-out acc | held-out needle mass |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in table:
