@@ -26,6 +26,8 @@ import signal
 import sys
 import threading
 
+from .worker import STOPPED_BY, Interrupted
+
 logger = logging.getLogger(__name__)
 
 
@@ -42,24 +44,18 @@ exit status:
 """
 
 
-class Interrupted(BaseException):
-    """SIGTERM or SIGINT arrived; raised in the main thread so every `with` block cleans up."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
 def _on_signal(signum, _frame) -> None:
     # one stop is enough: later signals must not interrupt the clean-up
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+    STOPPED_BY.append(signum)  # raised again by the decode loop if this raise gets lost
     raise Interrupted(signum)
 
 
 def install_signal_handlers() -> None:
     """SIGTERM/SIGINT raise Interrupted; SIGXFSZ is ignored so a write past the file-size limit
     fails with EFBIG (an error naming the file) instead of killing the process."""
+    STOPPED_BY.clear()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _on_signal)
     if hasattr(signal, "SIGXFSZ"):

@@ -67,6 +67,28 @@ STARTUP_TIMEOUT_S = 300.0  # spawn + imports; generous for loaded machines
 _POLL_S = 0.5  # how often a blocked supervisor looks at its stop flag
 
 
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived (the handler of precompute.cli); raised in the main thread so
+    every `with` block cleans up."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+# The signal precompute.cli's handler took. An exception raised by a signal handler is lost
+# when the handler happens to run inside a weakref callback or a __del__ ("Exception ignored
+# in ..."), and the handler ignores later signals; so the decode loop, where the main thread
+# waits, raises it again from here.
+STOPPED_BY: list[int] = []
+
+
+def raise_if_stopped() -> None:
+    """Raise Interrupted when a stop signal was taken (see STOPPED_BY)."""
+    if STOPPED_BY:
+        raise Interrupted(STOPPED_BY[0])
+
+
 def _maybe_fault(path: str) -> None:
     """The test hook described in the module docstring."""
     spec = os.environ.get(FAULT_ENV, "")
@@ -440,6 +462,7 @@ class DecodePool:
         sup.start()
         try:
             while True:
+                raise_if_stopped()
                 try:  # bounded: a signal that another thread caught runs its handler here
                     kind, payload = sup.out.get(timeout=_POLL_S)
                 except queue.Empty:
