@@ -76,6 +76,10 @@ for vision_once, engine in engines.items():
     grads = {{n: safe_get_full_grad(p).clone() for n, p in engine.module.named_parameters()}}
     out[vision_once] = {{"logp": logp.detach(), "loss": loss.detach(), "grads": grads}}
 torch.save(out, Path({out!r}) / f"rank{{rank}}.pt")
+# leave together: a rank exiting while gloo's threads still serve the other can abort
+# ("terminate called without an active exception", seen once in CI)
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
 '''
 
 
