@@ -15,8 +15,11 @@ Samples follow V-NIAH's two needle kinds (`evaluate.vniah.build`): a `sparse` sh
 asked object on one frame and nothing on the others (as a `frame` needle), the rest one object on
 every frame, the asked one on one frame only (as an `overlay` needle among its distractors);
 n frames from `frames`. Like the question stages, the tower is frozen and the videos come from
-pools of encoded ones (`train.world_pool`). Measured before any fine-tune, the world VLM (v5)
-answers 0.66 of sparse 16-frame questions and 0.19 of overlay ones (chance 0.25).
+pools of encoded ones (`train.world_pool`). Before any fine-tune, the world VLM's (v5) letter
+logits pick the answer of 0.66 of sparse 16-frame questions and 0.19 of overlay ones (64 each,
+chance 0.25; a probe outside the repository); trained on overlay videos alone, the policy stayed
+at chance (held-out letter 0.26 at 16 and 20 frames after 600 steps). The policy's own figures
+before and after: docs/world.md, "Models and artifacts".
 
     videocfr world policy [--seed 0] [--root caches/world] [--force]
 
