@@ -111,7 +111,7 @@ def per_step(run_dir: Path, groups: dict[str, list[int]], priors) -> dict[str, n
         g = groups[c["video_id"]]
         alpha = np.asarray(c["alpha"])
         mass.setdefault(c["step"], []).append(float(np.sum(alpha[g])))
-        p = group_prior(priors[c["video_id"], c["question_id"]])
+        p = group_prior(priors.get(c["video_id"], c["question_id"]))
         prior_mass.setdefault(c["step"], []).append(float(np.sum(p[g])))
         key = (c["step"], c["video_id"], c["question_id"])
         answers.setdefault(key, []).append(c["accuracy"])
@@ -137,20 +137,18 @@ def per_step(run_dir: Path, groups: dict[str, list[int]], priors) -> dict[str, n
 
 
 def question_data(cache_dir: Path, build_dir: Path):
-    """(needle groups per video, prior per (video, question)) of a haystack set's cache."""
-    from videocfr.cache_format import Cache
+    """(needle groups per video, the cache's PriorTable) of a haystack set."""
+    from videocfr.cache_format import Cache, PriorTable
     from videocfr.evaluate.vniah.build import load_needles
     from videocfr.evaluate.vniah.run import needle_positions
 
     cache = Cache(cache_dir)
-    groups, priors = {}, {}
+    groups = {}
     for needle in load_needles(build_dir):
         video = cache.video(needle.video_id)
         groups[needle.video_id] = sorted({int(t) // 2 for t in
                                           needle_positions(video.timestamps, needle)})
-    for key in cache.keys():
-        priors[key] = np.asarray(cache.question(*key).prior, np.float64)
-    return groups, priors
+    return groups, PriorTable.load(cache_dir)
 
 
 def held_out(policy: Path, cache_dir: Path, groups, tau: float) -> dict[str, float]:
@@ -159,6 +157,7 @@ def held_out(policy: Path, cache_dir: Path, groups, tau: float) -> dict[str, flo
     import torch
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
     from videocfr.train.data import CacheSamples, process
+    from videocfr.train.world_policy import with_completion
     from videocfr.vlm.alpha import frame_usage, video_group_spans
     from videocfr.vlm.answers import answer_accuracy, completion_answer
 
@@ -176,15 +175,12 @@ def held_out(policy: Path, cache_dir: Path, groups, tau: float) -> dict[str, flo
                                               skip_special_tokens=True)
             right.append(answer_accuracy(completion_answer(text, "final-letter"), s.answer,
                                          "multiple choice", mode="final-letter"))
-            full = dict(batch, input_ids=ids, attention_mask=torch.ones_like(ids),
-                        mm_token_type_ids=torch.nn.functional.pad(
-                            batch["mm_token_type_ids"], (0, ids.shape[1] -
-                                                         batch["input_ids"].shape[1])))
-            hidden = model(**full, output_hidden_states=True).hidden_states[-1]
+            completion = ids[:, batch["input_ids"].shape[1]:]
+            hidden = model(**with_completion(batch, completion),
+                           output_hidden_states=True).hidden_states[-1]
             spans = video_group_spans(ids, batch["video_grid_thw"], model.config.video_token_id)
-            mask = torch.zeros_like(ids)
-            mask[:, batch["input_ids"].shape[1]:] = 1
-            alpha = frame_usage(hidden, spans, mask, tau=tau)[0]
+            # a [B, C] mask is read as the last C positions: the completion
+            alpha = frame_usage(hidden, spans, torch.ones_like(completion), tau=tau)[0]
             mass.append(float(alpha[groups[s.video_id]].sum()))
     return {"accuracy": float(np.mean(right)), "needle_mass": float(np.mean(mass)),
             "questions": len(samples)}
@@ -284,7 +280,7 @@ def main() -> None:
             table.append(row)
             print(json.dumps(row), flush=True)
     plot(series, root / f"{prefix}curves.png")
-    groups_count = np.mean([len(priors[k]) // 2 for k in priors])
+    groups_count = np.mean([len(priors.get(*k)) // 2 for k in priors.keys()])
     print(f"\nheld-out set: {start['questions']} haystacks (L 18, 22 s; other depths and seed); "
           f"starting policy: accuracy {start['accuracy']:.3f}, needle mass "
           f"{start['needle_mass']:.3f}; answer chance 0.25; uniform α needle mass "

@@ -104,8 +104,7 @@ class AccuracyReward:
                    if columns.get("options") is not None else [None] * n)
         return [
             answer_accuracy(completion_answer(completion_text(c), self.mode), str(t), pt,
-                            mode=self.mode,
-                            options=o)
+                            mode=self.mode, options=o)
             for c, t, pt, o in zip(completions, truths, types, options)
         ]
 

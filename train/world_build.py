@@ -101,8 +101,7 @@ def build_policy(root: str | os.PathLike = artifacts.DEFAULT_ROOT, seed: int = 0
             return figures
     if record.exists():
         record.unlink()  # written last by train_policy: a half-written policy is never "done"
-    figures = train_policy(vlm, out, config or PolicyConfig(seed=seed), vlm_sha256=vlm_sha)
-    return figures
+    return train_policy(vlm, out, config or PolicyConfig(seed=seed), vlm_sha256=vlm_sha)
 
 
 def policy_summary(figures: dict) -> str:

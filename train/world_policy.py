@@ -121,14 +121,14 @@ def with_completion(batch: dict, completion: torch.Tensor) -> dict:
     return out
 
 
-def policy_loss(model, processor, videos, questions, words, true_word):
+def policy_loss(model, processor, videos, questions, fps, words, true_word):
     """Teacher-forced cross-entropy of "<word> <letter>": the word on rows that give the true
     one, the separator and the letter on every row.
 
     Returns:
         (loss, word hits, letter hits) — hits of the argmax at each target position.
     """
-    batch = text_batch(processor, videos, questions, [1.0] * len(videos))
+    batch = text_batch(processor, videos, questions, fps)
     completion = completion_ids(processor.tokenizer, questions, words)
     c = completion.shape[1]
     logits = model(**with_completion(batch, completion), logits_to_keep=c + 1).logits[:, :-1]
@@ -210,9 +210,9 @@ def train_policy(vlm_dir: str | Path, out: str | Path, config: PolicyConfig = Po
     for step in range(config.steps):
         n = int(rng.choice(config.frames))
         pool = pools["sparse" if rng.random() < config.sparse else "overlay"]
-        videos, questions, _ = pool.draw(n, config.batch, np.ones(config.batch, bool), _fps)
+        videos, questions, fps = pool.draw(n, config.batch, np.ones(config.batch, bool), _fps)
         words, true = _noisy_words(rng, questions, config.word_noise)
-        loss, w, letter = policy_loss(model, processor, videos, questions, words, true)
+        loss, w, letter = policy_loss(model, processor, videos, questions, fps, words, true)
         clipped_step(opt, sched, loss, params)
         word_hits += w.tolist()
         letter_hits += letter.tolist()
