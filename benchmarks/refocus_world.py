@@ -43,7 +43,16 @@ Prints the reward every 10 steps of both trainings, a Markdown table per n (all 
 and per needle kind) and last the line `refocus_world n=4 learned=<QA> control=<QA>
 uniform=<QA> chance=<exact hit chance> learned_hit=<hit> uniform_hit=<hit> prior_qa=<QA>
 test_questions=<Q> ...` (QA: answer accuracy; chance is the hit-rate chance; the answer chance
-is 1 / options, 0.25). Results also go to ROOT/results.json.
+is 1 / options, 0.25). Results also go to ROOT/<--name>.json (default results.json).
+
+`--min-margin-var V` trains (both the learned policy and its control) only on the training
+questions whose Var(m) over `--margin-subsets` random subsets of size n reaches V, the paper's
+filter as the selector trainer's `data.min_margin_var` applies it; the training cache's margins
+addition is built with the same VLM when missing (`videocfr precompute margins`). The filter reads
+the VLM on the true frames, so it selects the questions whose answer depends on which frames the
+VLM sees; the test set is never filtered. `--asked colour` (or shape) makes every question of
+both sets ask that attribute (tests/test_refocus_learning.py runs this script at CI size with a
+world VLM that reads colour only).
 
 What it shows: whether a selector trained only on the VLM's margin, with no needle label, learns
 to choose frames that let the same VLM answer on haystacks of other lengths and needle depths,
@@ -72,7 +81,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from videocfr.cache_format import Cache  # noqa: E402
+from videocfr.cache_format import Cache, CacheError  # noqa: E402
+from videocfr.cache_format.additions import addition_dir, load_addition  # noqa: E402
 from videocfr.evaluate.vniah import run as vniah_run  # noqa: E402
 from videocfr.evaluate.vniah.build import (  # noqa: E402
     BuildConfig,
@@ -87,6 +97,11 @@ from videocfr.selector.data import (  # noqa: E402
     step_questions,
 )
 from videocfr.selector.grpo import grpo_step  # noqa: E402
+from videocfr.selector.margins import NAME as MARGINS  # noqa: E402
+from videocfr.selector.margins import PARTS_DIR as MARGIN_PARTS  # noqa: E402
+from videocfr.selector.margins import VERSION as MARGINS_VERSION  # noqa: E402
+from videocfr.selector.margins import main as margins_main  # noqa: E402
+from videocfr.selector.margins import vlm_identity  # noqa: E402
 from videocfr.selector.policy import FrameSelector, PolicyConfig  # noqa: E402
 from videocfr.selector.rewards import CandidateFrames, MarginReward, needle_hits  # noqa: E402
 from videocfr.world.objects import WORLD_VERSION  # noqa: E402
@@ -129,13 +144,45 @@ def make_set(out: Path, config: BuildConfig, precompute_config: str) -> Path:
     return cache
 
 
-def load_set(build_dir: Path, cache_dir: Path) -> tuple[list[SelectorSample], dict]:
-    """The set's questions (sorted by key) and its ground truth by video id."""
-    samples, _ = load_samples(SelectorDataConfig(
+def load_set(build_dir: Path, cache_dir: Path, min_margin_var: float | None = None,
+             vlm: str | None = None) -> tuple[list[SelectorSample], dict]:
+    """The set's questions (sorted by key) and its ground truth by video id.
+
+    With `min_margin_var`, only the questions whose Var(m) over the cache's margins addition
+    (computed with `vlm`, which is checked) reaches it (the trainer's `data.min_margin_var`).
+    """
+    samples, counts = load_samples(SelectorDataConfig(
         cache_dir=str(cache_dir), annotation=str(build_dir / "annotations.json"),
-        min_margin_var=None), needles_only=True)
+        min_margin_var=min_margin_var), needles_only=True,
+        vlm=None if vlm is None else vlm_identity(vlm))
+    if min_margin_var is not None:
+        print(f"Var(m) filter at {min_margin_var}: kept {counts['questions']}, dropped "
+              f"{counts['low_margin_var']} (and {counts['no_margins']} without margins)")
     samples.sort(key=lambda s: s.key)
     return samples, {x.video_id: x for x in load_needles(build_dir)}
+
+
+def ensure_margins(cache_dir: Path, vlm: str, num_subsets: int, subset_size: int,
+                   seed: int) -> None:
+    """The cache's margins addition from `vlm` (`videocfr precompute margins`), unless there.
+
+    One made with another VLM or subset shape is rebuilt (the addition records both).
+    """
+    try:
+        meta = load_addition(cache_dir, MARGINS, MARGINS_VERSION).meta
+    except CacheError:
+        meta = {}
+    want = {"vlm": vlm_identity(vlm), "num_subsets": num_subsets, "subset_size": subset_size}
+    if meta and all(meta.get(k) == v for k, v in want.items()):
+        return
+    shutil.rmtree(addition_dir(cache_dir, MARGINS), ignore_errors=True)
+    shutil.rmtree(Path(cache_dir) / "additions" / MARGIN_PARTS, ignore_errors=True)
+    t0 = time.perf_counter()
+    rc = margins_main(["--cache", str(cache_dir), "--model", vlm, "--num-subsets",
+                       str(num_subsets), "--subset-size", str(subset_size), "--seed", str(seed)])
+    if rc:
+        raise SystemExit(f"videocfr precompute margins failed on {cache_dir} (exit {rc})")
+    print(f"margins: {time.perf_counter() - t0:.0f} s", flush=True)
 
 
 def donors(samples: list[SelectorSample], seed: int, tries: int = 10000) -> np.ndarray:
@@ -253,7 +300,7 @@ def table(rows: list[vniah_run.Row], n: int, kinds: list[str], qa_chance: float)
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", type=Path, default=Path("runs/refocus-world"))
@@ -278,7 +325,20 @@ def main() -> None:
     p.add_argument("--entropy-coef", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args()
+    p.add_argument("--min-margin-var", type=float, default=None,
+                   help="train only on questions whose Var(m) reaches this (the paper's 0.21; "
+                        "default: every question); builds the training cache's margins "
+                        "addition with the VLM when missing")
+    p.add_argument("--margin-subsets", type=int, default=16,
+                   help="M random subsets of size --n per question for the filter's Var(m)")
+    p.add_argument("--name", default="results", help="ROOT/<name>.json(l) for the results")
+    p.add_argument("--asked", choices=("colour", "shape"), default=None,
+                   help="what every question of both sets asks (default: drawn per haystack)")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Build, train, score and print; returns the summary written to ROOT/<name>.json."""
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the precompute subprocesses too
@@ -287,7 +347,7 @@ def main() -> None:
     if args.vlm is None:
         clip = yaml.safe_load(Path(args.config).read_text())["clip"]["pretrained"]
         args.vlm = str(Path(clip).parent / "vlm")
-    kinds = dict(haystacks=args.haystacks, needles=args.needles)
+    kinds = dict(haystacks=args.haystacks, needles=args.needles, asked=args.asked)
     train_cfg = BuildConfig(lengths=args.train_lengths, depths=args.train_depths,
                             seed=args.train_seed, **kinds)
     test_cfg = BuildConfig(lengths=args.test_lengths, depths=args.test_depths,
@@ -298,7 +358,11 @@ def main() -> None:
     for name, cfg in (("train", train_cfg), ("test", test_cfg)):
         t0 = time.perf_counter()
         cache_dir = make_set(args.root / name, cfg, args.config)
-        sets[name] = (args.root / name, cache_dir, *load_set(args.root / name, cache_dir))
+        mmv = args.min_margin_var if name == "train" else None
+        if mmv is not None:
+            ensure_margins(cache_dir, args.vlm, args.margin_subsets, args.n, args.seed)
+        sets[name] = (args.root / name, cache_dir,
+                      *load_set(args.root / name, cache_dir, mmv, args.vlm))
         print(f"{name}: {len(sets[name][2])} haystacks, L {list(cfg.lengths)}, d "
               f"{list(cfg.depths)}, seed {cfg.seed} (built + precomputed in "
               f"{time.perf_counter() - t0:.0f} s)", flush=True)
@@ -373,8 +437,8 @@ def main() -> None:
                "chance": {b: vniah_run.mean_of(rows, "chance", strategy="uniform", n=b)
                           for b in budgets}, "qa_chance": qa_chance,
                "problems": {k: len(v) for k, v in problems.items()}, "wall_s": wall}
-    (args.root / "results.json").write_text(json.dumps(summary, indent=1))
-    with open(args.root / "results.jsonl", "w") as f:
+    (args.root / f"{args.name}.json").write_text(json.dumps(summary, indent=1))
+    with open(args.root / f"{args.name}.jsonl", "w") as f:
         for r in rows:
             f.write(json.dumps(dataclasses.asdict(r)) + "\n")
     more = ""
@@ -389,7 +453,8 @@ def main() -> None:
           f"untrained_qa={qa('untrained'):.3f} untrained_hit={hit('untrained'):.3f} "
           f"random_qa={qa('random'):.3f} bolt_qa={qa('bolt-its'):.3f} "
           f"qa_chance={qa_chance:.3f}{more}")
+    return summary
 
 
 if __name__ == "__main__":
-    main()
+    run(parse_args())

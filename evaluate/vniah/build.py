@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
-from videocfr.world.captions import distractor_exclude, make_question
+from videocfr.world.captions import ASKED, distractor_exclude, make_question
 from videocfr.world.frames import default_sources, read_source
 from videocfr.world.objects import WORLD_VERSION, draw, sample_object
 
@@ -77,6 +77,7 @@ class BuildConfig:
         needle_s: seconds a `held` needle is held (an integer >= 2; frame and overlay: 1).
         cut_every_s: seconds between cuts of a `cuts` haystack.
         seed: seeds every haystack's generator (with its video id).
+        asked: what every question asks ("colour" or "shape"); None draws it per haystack.
     """
 
     lengths: tuple[int, ...] = SMALL_LENGTHS
@@ -88,8 +89,11 @@ class BuildConfig:
     needle_s: int = 2
     cut_every_s: float = 4.0
     seed: int = 0
+    asked: str | None = None
 
     def __post_init__(self):
+        if self.asked is not None and self.asked not in ASKED:
+            raise ValueError(f"asked must be one of {ASKED} or None, got {self.asked!r}")
         if not (float(self.needle_s).is_integer() and self.needle_s >= 2):
             raise ValueError(f"needle_s (the held needle's seconds) must be an integer >= 2, got "
                              f"{self.needle_s}; a 1 s needle is the `frame` kind")
@@ -227,7 +231,7 @@ def make_haystack(config: BuildConfig, sources: list[np.ndarray], hk: str, nk: s
     fps, span = int(config.fps), config.span(nk)
     first = needle_second(depth, length, span)
     target = sample_object(rng)
-    question = make_question(rng, target)
+    question = make_question(rng, target, asked=config.asked)
     base_s = length if nk == "overlay" else length - span  # frame/held needles are inserted
     hay = (calm_haystack(sources, base_s * fps, rng) if hk == "calm" else
            cuts_haystack(sources, base_s * fps,
