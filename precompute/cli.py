@@ -52,10 +52,29 @@ def _on_signal(signum, _frame) -> None:
     raise Interrupted(signum)
 
 
+class _QuietLostStop:
+    """`sys.unraisablehook` that keeps a lost stop off stderr and passes the rest on.
+
+    A signal that lands while Python runs a weakref callback or a `__del__` has its Interrupted
+    swallowed there ("Exception ignored in ..." and a traceback on stderr); the decode loop
+    raises it again from STOPPED_BY, so the job still stops with its one line. Any other
+    unraisable exception goes to the hook that was there before.
+    """
+
+    def __init__(self, previous):
+        self.previous = previous
+
+    def __call__(self, unraisable) -> None:
+        if not isinstance(unraisable.exc_value, Interrupted):
+            self.previous(unraisable)
+
+
 def install_signal_handlers() -> None:
     """SIGTERM/SIGINT raise Interrupted; SIGXFSZ is ignored so a write past the file-size limit
     fails with EFBIG (an error naming the file) instead of killing the process."""
     STOPPED_BY.clear()
+    if not isinstance(sys.unraisablehook, _QuietLostStop):
+        sys.unraisablehook = _QuietLostStop(sys.unraisablehook)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _on_signal)
     if hasattr(signal, "SIGXFSZ"):
