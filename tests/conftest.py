@@ -98,3 +98,15 @@ def ci_clip(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("world") / "clip.pt"
     return path, train_clip(ClipTrainConfig(steps=CI_CLIP_STEPS, seed=0), path)
+
+
+@pytest.fixture(scope="session")
+def refocus_world():
+    """benchmarks/refocus_world.py loaded as a module (its control, checks and `run`)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "refocus_world", TESTS.parent / "benchmarks" / "refocus_world.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -28,7 +28,6 @@ world` models) is docs/refocus.md's table.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -38,7 +37,6 @@ pytest.importorskip("open_clip")
 pytest.importorskip("skvideo")
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "benchmarks" / "refocus_world.py"
 
 
 def ci_vlm_config():
@@ -50,17 +48,10 @@ def ci_vlm_config():
         eval_per_n=16, eval_frames=(4,), seed=0)
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("refocus_world_learning", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_refocus_learns_from_the_world_vlm_margin_and_its_content_free_control_does_not(
-        ci_clip, tmp_path):
+        ci_clip, refocus_world, tmp_path):
     from videocfr.train.world_vlm import train_vlm
 
     vlm = tmp_path / "vlm"
@@ -68,8 +59,7 @@ def test_refocus_learns_from_the_world_vlm_margin_and_its_content_free_control_d
     config = yaml.safe_load((REPO / "configs" / "precompute" / "world.yaml").read_text())
     config["clip"]["pretrained"] = str(ci_clip[0])
     (tmp_path / "world_ci.yaml").write_text(yaml.safe_dump(config))
-    bench = load_bench()
-    summary = bench.run(bench.parse_args([
+    summary = refocus_world.run(refocus_world.parse_args([
         "--root", str(tmp_path / "runs"), "--config", str(tmp_path / "world_ci.yaml"),
         "--vlm", str(vlm), "--needles", "frame", "--asked", "colour",
         "--train-lengths", "12,20,28", "--test-lengths", "16,24", "--steps", "100",

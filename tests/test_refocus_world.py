@@ -3,24 +3,11 @@ another haystack of the same K whose needle lies elsewhere; all else stays the q
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 from videocfr.cache_format import QuestionRecord, VideoRecord
 from videocfr.cache_format.fusion import QFRAME_ARRAYS
 from videocfr.selector.data import SelectorSample, make_batch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "refocus_world.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("refocus_world", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _sample(rng, vid: str, k: int, second: int, dim: int = 6) -> SelectorSample:
@@ -48,10 +35,10 @@ def _samples():
     return out
 
 
-def test_control_moves_every_question_to_another_video(bench):
+def test_control_moves_every_question_to_another_video(refocus_world):
     samples = _samples()
-    donor = bench.donors(samples, seed=0)
-    view = bench.shuffled(samples, donor)
+    donor = refocus_world.donors(samples, seed=0)
+    view = refocus_world.shuffled(samples, donor)
     assert len(view) == len(samples)
     for i, (s, c, d) in enumerate(zip(samples, view, donor)):
         src = samples[int(d)]
@@ -77,24 +64,24 @@ def test_control_moves_every_question_to_another_video(bench):
                                    samples[int(d)].video.embeddings.astype(np.float32))
         np.testing.assert_allclose(batch.question[i].numpy(),
                                    samples[i].question.text_embedding.astype(np.float32))
-    np.testing.assert_array_equal(bench.donors(samples, seed=0), donor)  # seeded
+    np.testing.assert_array_equal(refocus_world.donors(samples, seed=0), donor)  # seeded
 
 
-def test_control_refuses_a_length_without_a_donor(bench):
+def test_control_refuses_a_length_without_a_donor(refocus_world):
     rng = np.random.default_rng(1)
     samples = [_sample(rng, "a", 10, 3), _sample(rng, "b", 10, 3), _sample(rng, "c", 12, 2),
                _sample(rng, "d", 12, 5)]
     with pytest.raises(ValueError, match="K=10"):
-        bench.donors(samples, seed=0, tries=50)
+        refocus_world.donors(samples, seed=0, tries=50)
 
 
-def test_train_and_test_grids_must_not_share_lengths_or_depths(bench):
-    cfg = bench.BuildConfig
-    bench.check_held_out(cfg(lengths=(40, 70), depths=(0.1, 0.3)),
-                         cfg(lengths=(50,), depths=(0.0, 0.2)))
+def test_train_and_test_grids_must_not_share_lengths_or_depths(refocus_world):
+    cfg = refocus_world.BuildConfig
+    refocus_world.check_held_out(cfg(lengths=(40, 70), depths=(0.1, 0.3)),
+                                 cfg(lengths=(50,), depths=(0.0, 0.2)))
     with pytest.raises(ValueError, match="lengths"):
-        bench.check_held_out(cfg(lengths=(40, 50), depths=(0.1,)), cfg(lengths=(50,),
-                                                                      depths=(0.2,)))
+        refocus_world.check_held_out(cfg(lengths=(40, 50), depths=(0.1,)),
+                                     cfg(lengths=(50,), depths=(0.2,)))
     with pytest.raises(ValueError, match="depths"):
-        bench.check_held_out(cfg(lengths=(40,), depths=(0.1, 0.2)), cfg(lengths=(50,),
-                                                                       depths=(0.2,)))
+        refocus_world.check_held_out(cfg(lengths=(40,), depths=(0.1, 0.2)),
+                                     cfg(lengths=(50,), depths=(0.2,)))
